@@ -1,0 +1,127 @@
+# readyd: I/O readiness as a service. GNU make, no generator.
+#   make          build everything into build/
+#   make run      install missing build dependencies, build, run readyd in the foreground
+#   make check    install missing build dependencies, build, run every test
+#   make CC=clang the same with clang; warnings are errors under both compilers
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+B       := build
+PKGS    := libsystemd jansson
+TESTPKGS := cmocka
+DEBS    := build-essential pkg-config libsystemd-dev libjansson-dev libcmocka-dev
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers
+BASE     := -std=gnu11 -D_GNU_SOURCE $(WARN)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CMOCKA_CFLAGS = $(shell pkg-config --cflags cmocka 2>/dev/null)
+CMOCKA_LIBS   = $(shell pkg-config --libs cmocka 2>/dev/null)
+
+SOVERSION := 1
+VERSION   := 1.0.0
+
+PROTO_SRC  := proto/rdp.c proto/rdp_io.c proto/rdp_path.c
+DAEMON_SRC := daemon/main.c daemon/server.c daemon/client.c daemon/registry.c \
+              daemon/control.c daemon/config.c daemon/log.c
+LIB_SRC    := client/readyd.c
+CTL_SRC    := client/readyctl.c
+
+PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/obj/%.o)
+DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/obj/%.o)
+LIB_PIC    := $(LIB_SRC:%.c=$(B)/pic/%.o) $(PROTO_SRC:%.c=$(B)/pic/%.o)
+LIB_OBJ    := $(LIB_SRC:%.c=$(B)/obj/%.o)
+CTL_OBJ    := $(CTL_SRC:%.c=$(B)/obj/%.o)
+
+BINS := $(B)/bin/readyd $(B)/bin/readyctl
+LIBS := $(B)/lib/libreadyd.so.$(SOVERSION) $(B)/lib/libreadyd.so $(B)/lib/libreadyd.a
+EXAMPLES := $(B)/bin/echo-server
+
+UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
+INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile
+TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
+
+.PHONY: all deps run check check-unit check-integration clean examples
+all: $(BINS) $(LIBS) $(EXAMPLES)
+
+# Install what the build and tests need, from Debian, when it is missing.
+deps:
+	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+		else \
+			echo "readyd needs these Debian packages:$$missing"; \
+			echo "run: sudo apt-get install -y$$missing"; exit 1; \
+		fi; \
+	fi
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	exec $(B)/bin/readyd --log-level info
+
+check: deps
+	@$(MAKE) --no-print-directory all tests
+	@$(MAKE) --no-print-directory check-unit check-integration
+
+tests: $(TEST_BINS)
+
+check-unit: $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
+
+check-integration: $(INT_TESTS) $(BINS)
+	@set -e; for t in $(INT_TESTS); do echo "== $$t"; READYD_BIN=$(B)/bin/readyd $$t; done
+
+$(B)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE) $(PKG_CFLAGS) $(CMOCKA_CFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE) -fPIC -fvisibility=hidden $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/bin/readyd: $(DAEMON_OBJ) $(PROTO_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(B)/lib/libreadyd.so.$(SOVERSION): $(LIB_PIC) client/libreadyd.map
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -shared -Wl,-soname,libreadyd.so.$(SOVERSION) \
+		-Wl,--version-script=client/libreadyd.map -o $@ $(LIB_PIC)
+
+$(B)/lib/libreadyd.so: $(B)/lib/libreadyd.so.$(SOVERSION)
+	ln -sf libreadyd.so.$(SOVERSION) $@
+
+$(B)/lib/libreadyd.a: $(LIB_OBJ) $(PROTO_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(B)/bin/readyctl: $(CTL_OBJ) $(B)/lib/libreadyd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CTL_OBJ) $(B)/lib/libreadyd.a $(PKG_LIBS)
+
+$(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^
+
+# Unit tests link the pure modules directly.
+$(B)/tests/test-codec: $(B)/obj/tests/test_codec.o $(PROTO_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS)
+
+$(B)/tests/test-registry: $(B)/obj/tests/test_registry.o $(B)/obj/daemon/registry.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS)
+
+# Integration tests drive a real readyd through the library and through raw frames.
+$(B)/tests/test-%: $(B)/obj/tests/test_%.o $(B)/obj/tests/harness.o $(B)/lib/libreadyd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(PKG_LIBS)
+
+clean:
+	rm -rf $(B)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

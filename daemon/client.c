@@ -1,0 +1,658 @@
+/* One client connection: reading and answering its requests, owning its registrations,
+ * and delivering its ready queue as EVENTS batches. Every fd a request brings is either
+ * kept by a registration or closed before the request's reply is queued. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../proto/rdp.h"
+#include "../proto/rdp_io.h"
+#include "log.h"
+#include "rdd.h"
+
+uint8_t rdd_rxbuf[RDP_MSG_MAX];
+uint8_t rdd_txbuf[RDP_MSG_MAX];
+
+/* Readiness reported whatever the interest. */
+#define READY_ALWAYS (RDP_READY_READ_CLOSED | RDP_READY_WRITE_CLOSED | RDP_READY_ERROR)
+
+static uint32_t epoll_events_for(uint8_t interest, uint8_t flags)
+{
+	uint32_t ev = EPOLLRDHUP;
+	if (interest & RDP_INTEREST_READABLE)
+		ev |= EPOLLIN;
+	if (interest & RDP_INTEREST_WRITABLE)
+		ev |= EPOLLOUT;
+	if (interest & RDP_INTEREST_PRIORITY)
+		ev |= EPOLLPRI;
+	/* Oneshot is level-triggered and disarmed after one report, so re-arming an fd
+	 * that is still ready reports it at once. */
+	ev |= (flags & RDP_FLAG_ONESHOT) ? EPOLLONESHOT : EPOLLET;
+	return ev;
+}
+
+/* mio's mapping of epoll bits to readiness. */
+static uint8_t ready_from_epoll(uint32_t e)
+{
+	uint8_t r = 0;
+	if (e & EPOLLIN)
+		r |= RDP_READY_READABLE;
+	if (e & EPOLLOUT)
+		r |= RDP_READY_WRITABLE;
+	if (e & EPOLLPRI)
+		r |= RDP_READY_PRIORITY;
+	if (e & (EPOLLRDHUP | EPOLLHUP))
+		r |= RDP_READY_READ_CLOSED;
+	if (e & (EPOLLHUP | EPOLLERR))
+		r |= RDP_READY_WRITE_CLOSED;
+	if (e & EPOLLERR)
+		r |= RDP_READY_ERROR;
+	return r;
+}
+
+static struct rdd_uid_count *uid_slot(struct rdd *d, uid_t uid, bool create)
+{
+	for (uint32_t i = 0; i < d->nuids; i++)
+		if (d->uids[i].uid == uid)
+			return &d->uids[i];
+	if (!create)
+		return NULL;
+	struct rdd_uid_count *n = realloc(d->uids, (d->nuids + 1) * sizeof(*n));
+	if (!n)
+		return NULL;
+	d->uids = n;
+	n[d->nuids] = (struct rdd_uid_count){ .uid = uid };
+	return &n[d->nuids++];
+}
+
+void rdd_client_mark(struct rdd *d, struct rdd_client *c)
+{
+	if (c->on_dirty)
+		return;
+	struct rdd_worklist *w = &d->dirty;
+	if (w->n == w->cap) {
+		uint32_t ncap = w->cap ? w->cap * 2 : 64;
+		uint64_t *n = realloc(w->v, ncap * sizeof(*n));
+		if (!n) {
+			/* Left off the list, the client is picked up by its next epoll event;
+			 * the only cost is latency, and only under memory exhaustion. */
+			log_warning("out of memory queueing work for client pid %d", (int)c->pid);
+			return;
+		}
+		w->v = n;
+		w->cap = ncap;
+	}
+	w->v[w->n++] = rdd_data(RDD_TAG_CLIENT, c->gen, c->slot);
+	c->on_dirty = true;
+}
+
+static int set_out_interest(struct rdd *d, struct rdd_client *c, bool want)
+{
+	if (c->want_out == want)
+		return 0;
+	struct epoll_event ev = {
+		.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want ? EPOLLOUT : 0),
+		.data.u64 = rdd_data(RDD_TAG_CLIENT, c->gen, c->slot),
+	};
+	if (epoll_ctl(d->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
+		return -errno;
+	c->want_out = want;
+	return 0;
+}
+
+int rdd_client_new(struct rdd *d, int fd)
+{
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	struct rdd_client *c = NULL;
+	int r;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+		r = -errno;
+		log_warning("SO_PEERCRED on a new connection: %s", strerror(-r));
+		goto out_close_fd;
+	}
+	struct rdd_uid_count *u = uid_slot(d, cred.uid, true);
+	if (!u) {
+		r = -ENOMEM;
+		goto out_close_fd;
+	}
+	if (u->n >= d->lim.clients_per_uid) {
+		char text[128];
+		snprintf(text, sizeof(text), "too many connections for uid %u (limit %u)",
+			 (unsigned)cred.uid, d->lim.clients_per_uid);
+		size_t len = rdp_encode_error(rdd_txbuf, RDP_MSG_MAX, 0, EUSERS, RDP_E_RESOURCE, text);
+		(void)rdp_send(fd, rdd_txbuf, len, NULL, 0, true);
+		log_notice("refused pid %d: %s", (int)cred.pid, text);
+		r = -EUSERS;
+		goto out_close_fd;
+	}
+
+	uint32_t slot = 0;
+	while (slot < d->nclients_cap && d->clients[slot])
+		slot++;
+	if (slot == d->nclients_cap) {
+		uint32_t ncap = d->nclients_cap ? d->nclients_cap * 2 : 16;
+		struct rdd_client **nc = realloc(d->clients, ncap * sizeof(*nc));
+		if (!nc) {
+			r = -ENOMEM;
+			goto out_close_fd;
+		}
+		d->clients = nc;
+		uint32_t *ng = realloc(d->client_gen, ncap * sizeof(*ng));
+		if (!ng) {
+			r = -ENOMEM;
+			goto out_close_fd;
+		}
+		d->client_gen = ng;
+		for (uint32_t i = d->nclients_cap; i < ncap; i++) {
+			nc[i] = NULL;
+			ng[i] = 0;
+		}
+		d->nclients_cap = ncap;
+	}
+
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		r = -ENOMEM;
+		goto out_close_fd;
+	}
+	c->fd = fd;
+	c->slot = slot;
+	c->gen = d->client_gen[slot];
+	c->pid = cred.pid;
+	c->uid = cred.uid;
+	c->gid = cred.gid;
+	c->connected_usec = rdd_now_usec(CLOCK_REALTIME);
+	rdd_tokmap_init(&c->map);
+	rdd_queue_init(&c->ready);
+
+	struct epoll_event ev = {
+		.events = EPOLLIN | EPOLLRDHUP | EPOLLET,
+		.data.u64 = rdd_data(RDD_TAG_CLIENT, c->gen, slot),
+	};
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		r = -errno;
+		log_err("epoll_ctl ADD client: %s", strerror(-r));
+		goto out_free;
+	}
+	d->clients[slot] = c;
+	d->nclients++;
+	d->nfds++;
+	u->n++;
+	log_debug("client pid %d uid %u connected (slot %u)", (int)c->pid, (unsigned)c->uid, slot);
+	return 0;
+
+out_free:
+	free(c);
+out_close_fd:
+	close(fd);
+	return r;
+}
+
+/* Remove one registration: out of epoll first, then out of the queue and the map, then
+ * close the daemon's copy. */
+static void reg_destroy(struct rdd *d, struct rdd_client *c, uint32_t slot)
+{
+	struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
+	if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->fd, NULL) < 0)
+		log_debug("EPOLL_CTL_DEL token %llu: %s", (unsigned long long)r->token, strerror(errno));
+	rdd_queue_remove(&c->ready, &d->slab, slot);
+	rdd_tokmap_remove(&c->map, &d->slab, slot);
+	close(r->fd);
+	rdd_slab_free(&d->slab, slot);
+	c->nregs--;
+	d->nfds--;
+}
+
+void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why)
+{
+	log_debug("client pid %d uid %u: closing: %s", (int)c->pid, (unsigned)c->uid, why);
+	/* All registrations at once: walk the map, not the tokens. */
+	if (c->map.slots) {
+		for (uint32_t i = 0; i <= c->map.mask; i++) {
+			uint32_t slot = c->map.slots[i];
+			if (slot == RDD_NIL)
+				continue;
+			struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
+			if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->fd, NULL) < 0)
+				log_debug("EPOLL_CTL_DEL: %s", strerror(errno));
+			close(r->fd);
+			rdd_slab_free(&d->slab, slot);
+			d->nfds--;
+		}
+	}
+	rdd_tokmap_fini(&c->map);
+	if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, c->fd, NULL) < 0)
+		log_debug("EPOLL_CTL_DEL client: %s", strerror(errno));
+	close(c->fd);
+	d->nfds--;
+	struct rdd_uid_count *u = uid_slot(d, c->uid, false);
+	if (u && u->n > 0)
+		u->n--;
+	d->clients[c->slot] = NULL;
+	d->client_gen[c->slot] = (d->client_gen[c->slot] + 1) & RDD_GEN_MASK;
+	d->nclients--;
+	free(c->out);
+	free(c);
+	if (d->accept_paused)
+		rdd_listen_resume(d);
+}
+
+static bool out_pending(const struct rdd_client *c)
+{
+	return c->out_off < c->out_len;
+}
+
+static int out_append(struct rdd_client *c, const void *msg, size_t len)
+{
+	if (c->out_off == c->out_len)
+		c->out_off = c->out_len = 0;
+	if (c->out_cap - c->out_len < len && c->out_off > 0) {
+		memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+		c->out_len -= c->out_off;
+		c->out_off = 0;
+	}
+	if (c->out_cap - c->out_len < len) {
+		size_t ncap = c->out_cap ? c->out_cap : 4096;
+		while (ncap - c->out_len < len)
+			ncap *= 2;
+		uint8_t *n = realloc(c->out, ncap);
+		if (!n)
+			return -ENOMEM;
+		c->out = n;
+		c->out_cap = ncap;
+	}
+	memcpy(c->out + c->out_len, msg, len);
+	c->out_len += len;
+	return 0;
+}
+
+int rdd_client_send(struct rdd *d, struct rdd_client *c, const void *msg, size_t len)
+{
+	if (!out_pending(c)) {
+		int r = rdp_send(c->fd, msg, len, NULL, 0, true);
+		if (r != -EAGAIN)
+			return r;
+		r = set_out_interest(d, c, true);
+		if (r < 0)
+			return r;
+	}
+	return out_append(c, msg, len);
+}
+
+/* Send queued output. Returns 0 when all is sent, 1 when blocked, -errno on failure. */
+static int flush_out(struct rdd *d, struct rdd_client *c)
+{
+	while (out_pending(c)) {
+		const uint8_t *p = c->out + c->out_off;
+		size_t len = rdp_le32(p);
+		int r = rdp_send(c->fd, p, len, NULL, 0, true);
+		if (r == -EAGAIN)
+			return set_out_interest(d, c, true) < 0 ? -EIO : 1;
+		if (r < 0)
+			return r;
+		c->out_off += len;
+	}
+	c->out_off = c->out_len = 0;
+	return 0;
+}
+
+/* Send up to 'budget' EVENTS packets from the ready queue. A record leaves the queue only
+ * once its packet is sent; on EAGAIN everything stays queued and coalescing. Returns 0,
+ * 1 when blocked, or -errno. */
+static int flush_events(struct rdd *d, struct rdd_client *c, uint32_t budget)
+{
+	struct rdd_slab *s = &d->slab;
+
+	while (budget-- > 0 && c->ready.len > 0) {
+		uint32_t n = 0;
+		rdp_batch_begin(rdd_txbuf, RDP_MSG_EVENTS, 0);
+		for (uint32_t slot = c->ready.head; slot != RDD_NIL && n < RDP_EVENTS_MAX;
+		     slot = s->regs[slot].qnext) {
+			const struct rdd_reg *r = &s->regs[slot];
+			struct rdp_event ev = { .token = r->token, .tick = r->tick, .ready = r->pending };
+			rdp_event_set(rdd_txbuf, n++, &ev);
+		}
+		size_t len = rdp_batch_finish(rdd_txbuf, n);
+		int r = rdp_send(c->fd, rdd_txbuf, len, NULL, 0, true);
+		if (r == -EAGAIN)
+			return set_out_interest(d, c, true) < 0 ? -EIO : 1;
+		if (r < 0)
+			return r;
+		for (uint32_t i = 0; i < n; i++) {
+			uint32_t slot = rdd_queue_pop(&c->ready, s);
+			s->regs[slot].pending = 0;
+		}
+		c->events_delivered += n;
+		d->events_delivered += n;
+	}
+	return 0;
+}
+
+/* A malformed request: say why, then disconnect this client alone. */
+static void protocol_error(struct rdd *d, struct rdd_client *c, uint32_t id, uint32_t reason,
+			   struct rdp_rx *rx)
+{
+	if (rx)
+		rdp_rx_close_fds(rx);
+	uint32_t err = reason == RDP_E_TOO_BIG ? EMSGSIZE : EPROTO;
+	size_t len = rdp_encode_error(rdd_txbuf, RDP_MSG_MAX, id, err, reason, rdp_reason_str(reason));
+	(void)rdd_client_send(d, c, rdd_txbuf, len);
+	(void)flush_out(d, c);
+	log_notice("client pid %d uid %u: protocol error: %s; disconnecting", (int)c->pid,
+		   (unsigned)c->uid, rdp_reason_str(reason));
+	rdd_client_close(d, c, rdp_reason_str(reason));
+}
+
+static uint32_t add_one(struct rdd *d, struct rdd_client *c, const struct rdp_add_entry *e, int fd)
+{
+	uint32_t err, slot;
+
+	if (e->interest == 0) {
+		err = EINVAL;
+		goto out_close_fd;
+	}
+	if (rdd_tokmap_find(&c->map, &d->slab, e->token) != RDD_NIL) {
+		err = EEXIST;
+		goto out_close_fd;
+	}
+	if (c->nregs >= d->lim.regs_per_client) {
+		err = ENOSPC;
+		goto out_close_fd;
+	}
+	if (d->nfds >= d->lim.max_fds) {
+		err = EMFILE;
+		goto out_close_fd;
+	}
+	if (rdd_slab_alloc(&d->slab, &slot) < 0) {
+		err = ENOMEM;
+		goto out_close_fd;
+	}
+	struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
+	r->token = e->token;
+	r->fd = fd;
+	r->owner = c->slot;
+	r->interest = (uint8_t)e->interest;
+	r->flags = (uint8_t)e->flags;
+
+	struct epoll_event ev = {
+		.events = epoll_events_for(r->interest, r->flags),
+		.data.u64 = rdd_data(RDD_TAG_REG, r->gen, slot),
+	};
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		err = (uint32_t)errno;
+		goto out_free_slot;
+	}
+	if (rdd_tokmap_insert(&c->map, &d->slab, slot) < 0) {
+		err = ENOMEM;
+		epoll_ctl(d->epfd, EPOLL_CTL_DEL, fd, NULL);
+		goto out_free_slot;
+	}
+	c->nregs++;
+	d->nfds++;
+	return 0;
+
+out_free_slot:
+	rdd_slab_free(&d->slab, slot);
+out_close_fd:
+	close(fd);
+	return err;
+}
+
+static uint32_t mod_one(struct rdd *d, struct rdd_client *c, const struct rdp_add_entry *e)
+{
+	uint32_t slot = rdd_tokmap_find(&c->map, &d->slab, e->token);
+	if (slot == RDD_NIL)
+		return ENOENT;
+	if (e->interest == 0)
+		return EINVAL;
+	struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
+	struct epoll_event ev = {
+		.events = epoll_events_for((uint8_t)e->interest, (uint8_t)e->flags),
+		.data.u64 = rdd_data(RDD_TAG_REG, r->gen, slot),
+	};
+	if (epoll_ctl(d->epfd, EPOLL_CTL_MOD, r->fd, &ev) < 0)
+		return (uint32_t)errno;
+	r->interest = (uint8_t)e->interest;
+	r->flags = (uint8_t)e->flags;
+	/* Readiness the new interest does not cover is not delivered after the reply. */
+	r->pending &= (uint8_t)(r->interest | READY_ALWAYS);
+	if (!r->pending)
+		rdd_queue_remove(&c->ready, &d->slab, slot);
+	return 0;
+}
+
+static uint32_t del_one(struct rdd *d, struct rdd_client *c, uint64_t token)
+{
+	uint32_t slot = rdd_tokmap_find(&c->map, &d->slab, token);
+	if (slot == RDD_NIL)
+		return ENOENT;
+	reg_destroy(d, c, slot);
+	return 0;
+}
+
+static uint32_t rearm_one(struct rdd *d, struct rdd_client *c, uint64_t token)
+{
+	uint32_t slot = rdd_tokmap_find(&c->map, &d->slab, token);
+	if (slot == RDD_NIL)
+		return ENOENT;
+	struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
+	struct epoll_event ev = {
+		.events = epoll_events_for(r->interest, r->flags),
+		.data.u64 = rdd_data(RDD_TAG_REG, r->gen, slot),
+	};
+	if (epoll_ctl(d->epfd, EPOLL_CTL_MOD, r->fd, &ev) < 0)
+		return (uint32_t)errno;
+	return 0;
+}
+
+/* ADD, MOD, DEL, REARM: one status per entry, one REPLY. */
+static int handle_batch(struct rdd *d, struct rdd_client *c, const struct rdp_hdr *h,
+			struct rdp_rx *rx)
+{
+	const void *msg = rdd_rxbuf;
+	/* The reply is built in its own buffer: rdd_txbuf may be used by a send below. */
+	uint8_t reply[RDP_HDR_SIZE + RDP_BATCH_MAX * RDP_STATUS_SIZE];
+
+	rdp_batch_begin(reply, RDP_MSG_REPLY, h->id);
+	for (uint32_t i = 0; i < h->count; i++) {
+		struct rdp_add_entry e;
+		uint32_t st = 0;
+		switch (h->type) {
+		case RDP_MSG_ADD:
+			rdp_add_entry_get(msg, i, &e);
+			st = add_one(d, c, &e, rx->fds[i]);
+			rx->fds[i] = -1;
+			break;
+		case RDP_MSG_MOD:
+			rdp_add_entry_get(msg, i, &e);
+			st = mod_one(d, c, &e);
+			break;
+		case RDP_MSG_DEL:
+			st = del_one(d, c, rdp_token_get(msg, i));
+			break;
+		case RDP_MSG_REARM:
+			st = rearm_one(d, c, rdp_token_get(msg, i));
+			break;
+		}
+		rdp_reply_set(reply, i, st);
+	}
+	rx->nfds = 0;
+	size_t len = rdp_batch_finish(reply, h->count);
+	return rdd_client_send(d, c, reply, len);
+}
+
+static int handle_hello(struct rdd *d, struct rdd_client *c, const struct rdp_hdr *h)
+{
+	uint32_t version, features;
+	rdp_hello_get(rdd_rxbuf, &version, &features);
+	if (version < 1)
+		return -EPROTONOSUPPORT;
+	struct rdp_welcome w = {
+		.version = version < RDP_VERSION ? version : RDP_VERSION,
+		.features = features & RDP_FEATURES_KNOWN,
+		.max_message = RDP_MSG_MAX,
+		.max_batch = RDP_BATCH_MAX,
+		.max_registrations = d->lim.regs_per_client,
+	};
+	c->hello_done = true;
+	size_t len = rdp_encode_welcome(rdd_txbuf, RDP_MSG_MAX, h->id, &w);
+	return rdd_client_send(d, c, rdd_txbuf, len);
+}
+
+static int handle_control(struct rdd *d, struct rdd_client *c, const struct rdp_hdr *h)
+{
+	char *json = rdd_control(d, c, (const char *)rdd_rxbuf + RDP_HDR_SIZE, h->length - RDP_HDR_SIZE);
+	if (!json)
+		return -ENOMEM;
+	size_t jl = strlen(json);
+	static const char too_big[] = "{\"ok\":false,\"error\":\"reply too large\"}";
+	if (jl > RDP_MSG_MAX - RDP_HDR_SIZE) {
+		free(json);
+		json = strdup(too_big);
+		if (!json)
+			return -ENOMEM;
+		jl = strlen(json);
+	}
+	size_t len = rdp_encode_json(rdd_txbuf, RDP_MSG_MAX, RDP_MSG_CONTROL_REPLY, h->id, json, jl);
+	free(json);
+	return rdd_client_send(d, c, rdd_txbuf, len);
+}
+
+/* Read and answer one request. Returns 1 when one was handled, 0 when none is waiting,
+ * -1 when the client was closed (c is gone). */
+static int read_one(struct rdd *d, struct rdd_client *c)
+{
+	struct rdp_rx rx;
+	struct rdp_hdr h = { 0 };
+	int r = rdp_recv(c->fd, rdd_rxbuf, RDP_MSG_MAX, &rx, true);
+
+	if (r == -EAGAIN) {
+		c->in_pending = false;
+		return 0;
+	}
+	if (r < 0) {
+		rdd_client_close(d, c, strerror(-r));
+		return -1;
+	}
+	if (r == 0) {
+		/* End of stream, or an empty message: SEQPACKET shows both as 0 bytes. Either
+		 * way the connection ends; the ERROR only reaches a peer still there. */
+		size_t len = rdp_encode_error(rdd_txbuf, RDP_MSG_MAX, 0, EPROTO, RDP_E_SHORT,
+					      rdp_reason_str(RDP_E_SHORT));
+		(void)rdp_send(c->fd, rdd_txbuf, len, NULL, 0, true);
+		rdd_client_close(d, c, "end of stream");
+		return -1;
+	}
+	uint32_t reason;
+	if (rx.ctruncated)
+		reason = RDP_E_CTRUNC;
+	else if (rx.truncated)
+		reason = RDP_E_TOO_BIG;
+	else
+		reason = rdp_check_request(rdd_rxbuf, rx.len, rx.nfds, &h);
+	if (reason == RDP_E_NONE && c->hello_done != (h.type != RDP_MSG_HELLO))
+		reason = RDP_E_STATE;
+	if (reason == RDP_E_NONE)
+		reason = rdp_check_entries(&h, rdd_rxbuf);
+	if (reason != RDP_E_NONE) {
+		protocol_error(d, c, h.id, reason, &rx);
+		return -1;
+	}
+
+	switch (h.type) {
+	case RDP_MSG_HELLO:
+		r = handle_hello(d, c, &h);
+		if (r == -EPROTONOSUPPORT) {
+			protocol_error(d, c, h.id, RDP_E_VERSION, &rx);
+			return -1;
+		}
+		break;
+	case RDP_MSG_CONTROL:
+		r = handle_control(d, c, &h);
+		break;
+	default:
+		r = handle_batch(d, c, &h, &rx);
+		break;
+	}
+	if (r < 0) {
+		rdd_client_close(d, c, strerror(-r));
+		return -1;
+	}
+	return 1;
+}
+
+void rdd_client_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events)
+{
+	if (slot >= d->nclients_cap)
+		return;
+	struct rdd_client *c = d->clients[slot];
+	if (!c || c->gen != (gen & RDD_GEN_MASK))
+		return;
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		c->in_pending = true;
+	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+		c->out_ready = true;
+	rdd_client_mark(d, c);
+}
+
+void rdd_reg_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events)
+{
+	struct rdd_reg *r = rdd_slab_lookup(&d->slab, slot, gen);
+	if (!r)
+		return;
+	uint8_t bits = ready_from_epoll(events) & (uint8_t)(r->interest | READY_ALWAYS);
+	if (!bits)
+		return;
+	r->tick++;
+	r->pending |= bits;
+	struct rdd_client *c = d->clients[r->owner];
+	if (rdd_queue_push(&c->ready, &d->slab, slot))
+		rdd_client_mark(d, c);
+}
+
+/* Do a client's work for this wakeup, within its budgets: queued output first, then
+ * requests (while its output backlog is under the limit), then events. */
+void rdd_client_service(struct rdd *d, struct rdd_client *c)
+{
+	int r = 0;
+	/* Blocked output waits for EPOLLOUT instead of retrying on every wakeup. */
+	bool blocked = c->want_out && !c->out_ready;
+
+	c->out_ready = false;
+	if (!blocked && out_pending(c)) {
+		r = flush_out(d, c);
+		if (r < 0)
+			goto out_close;
+		blocked = r == 1;
+	}
+	for (uint32_t budget = d->lim.req_budget; budget > 0 && c->in_pending; budget--) {
+		if (c->out_len - c->out_off >= d->lim.out_max)
+			break;
+		if (read_one(d, c) < 0)
+			return;
+	}
+	blocked = blocked || out_pending(c);
+	if (!blocked && c->ready.len > 0) {
+		r = flush_events(d, c, d->lim.event_budget);
+		if (r < 0)
+			goto out_close;
+		blocked = r == 1;
+	}
+	if (!blocked && c->want_out && set_out_interest(d, c, false) < 0)
+		goto out_close;
+
+	bool more_input = c->in_pending && c->out_len - c->out_off < d->lim.out_max;
+	if (more_input || (!blocked && c->ready.len > 0))
+		rdd_client_mark(d, c);
+	return;
+
+out_close:
+	rdd_client_close(d, c, r < 0 ? strerror(-r) : "send failed");
+}

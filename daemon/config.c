@@ -1,0 +1,126 @@
+/* Parse readyd.json (see config.h and readyd.conf(5)). */
+#include "config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../proto/rdp.h"
+#include "log.h"
+
+struct limit_key {
+	const char *name;
+	size_t off;
+	json_int_t min;
+	json_int_t max;
+};
+
+static const struct limit_key limit_keys[] = {
+	{ "registrations_per_client", offsetof(struct rdd_config, regs_per_client), 1, 16777216 },
+	{ "clients_per_uid", offsetof(struct rdd_config, clients_per_uid), 1, 1048576 },
+	{ "max_fds", offsetof(struct rdd_config, max_fds), 16, 1073741816 },
+	{ "output_bytes_per_client", offsetof(struct rdd_config, out_max), RDP_MSG_MAX,
+	  1073741824 },
+};
+
+static int bad(char *err, size_t errlen, const char *fmt, const char *key)
+{
+	snprintf(err, errlen, fmt, key);
+	return -EINVAL;
+}
+
+static int parse_limits(json_t *o, struct rdd_config *cfg, char *err, size_t errlen)
+{
+	const char *key;
+	json_t *v;
+
+	if (!json_is_object(o))
+		return bad(err, errlen, "key \"%s\": expected an object", "limits");
+	json_object_foreach(o, key, v) {
+		const struct limit_key *lk = NULL;
+		for (size_t i = 0; i < sizeof(limit_keys) / sizeof(limit_keys[0]); i++)
+			if (strcmp(key, limit_keys[i].name) == 0)
+				lk = &limit_keys[i];
+		if (!lk)
+			return bad(err, errlen, "unknown key \"limits.%.64s\"", key);
+		if (!json_is_integer(v) || json_integer_value(v) < lk->min ||
+		    json_integer_value(v) > lk->max) {
+			snprintf(err, errlen, "key \"limits.%s\": expected an integer from %lld to %lld",
+				 key, (long long)lk->min, (long long)lk->max);
+			return -EINVAL;
+		}
+		*(uint32_t *)((char *)cfg + lk->off) = (uint32_t)json_integer_value(v);
+	}
+	return 0;
+}
+
+int rdd_config_load(const char *path, bool required, struct rdd_config *cfg, char *err,
+		    size_t errlen)
+{
+	json_error_t jerr;
+	const char *key;
+	json_t *v;
+	int r = 0;
+
+	*cfg = (struct rdd_config){ .log_level = -1 };
+	if (!required && access(path, F_OK) < 0 && errno == ENOENT)
+		return 0;
+	json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root) {
+		if (jerr.line < 0)
+			snprintf(err, errlen, "%s", jerr.text);
+		else
+			snprintf(err, errlen, "line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+		return -EINVAL;
+	}
+	if (!json_is_object(root)) {
+		r = bad(err, errlen, "%s", "the top level must be an object");
+		goto finish;
+	}
+	json_object_foreach(root, key, v) {
+		if (strcmp(key, "socket") == 0) {
+			const char *s = json_string_value(v);
+			if (!s || !*s || strlen(s) >= 108) {
+				r = bad(err, errlen, "key \"%s\": expected a path of 1 to 107 bytes", key);
+				goto finish;
+			}
+			free(cfg->socket);
+			cfg->socket = strdup(s);
+			if (!cfg->socket) {
+				r = -ENOMEM;
+				goto finish;
+			}
+		} else if (strcmp(key, "log_level") == 0) {
+			const char *s = json_string_value(v);
+			cfg->log_level = s ? rdd_log_parse_level(s) : -EINVAL;
+			if (cfg->log_level < 0) {
+				r = bad(err, errlen,
+					"key \"%s\": expected one of \"err\", \"warning\", \"notice\", "
+					"\"info\", \"debug\"",
+					key);
+				goto finish;
+			}
+		} else if (strcmp(key, "limits") == 0) {
+			r = parse_limits(v, cfg, err, errlen);
+			if (r < 0)
+				goto finish;
+		} else {
+			r = bad(err, errlen, "unknown key \"%.64s\"", key);
+			goto finish;
+		}
+	}
+finish:
+	json_decref(root);
+	if (r < 0)
+		rdd_config_fini(cfg);
+	return r;
+}
+
+void rdd_config_fini(struct rdd_config *cfg)
+{
+	free(cfg->socket);
+	cfg->socket = NULL;
+}

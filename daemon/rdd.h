@@ -1,0 +1,125 @@
+/* The daemon's state: one event loop, its listeners, its clients and the registration
+ * slab. Shared by the daemon's modules; nothing here leaves the daemon. */
+#ifndef READYD_DAEMON_RDD_H
+#define READYD_DAEMON_RDD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "registry.h"
+
+#define RDD_VERSION "1.0.0"
+
+/* What an epoll_data names: tag (8 bits) | generation (24 bits) | slot (32 bits). The tag
+ * comes first so the loop dispatches before touching any object (sd-event's WakeupType). */
+enum rdd_tag {
+	RDD_TAG_REG = 0,
+	RDD_TAG_CLIENT = 1,
+	RDD_TAG_LISTEN = 2,
+	RDD_TAG_SIGNAL = 3,
+};
+
+static inline uint64_t rdd_data(enum rdd_tag tag, uint32_t gen, uint32_t slot)
+{
+	return (uint64_t)tag << 56 | (uint64_t)(gen & RDD_GEN_MASK) << 32 | slot;
+}
+
+/* Limits, with their documented defaults (readyd(8)). */
+struct rdd_limits {
+	uint32_t regs_per_client;   /* default 65536 */
+	uint32_t clients_per_uid;   /* default 1024 */
+	uint32_t max_fds;           /* default: RLIMIT_NOFILE after raising it, less 64 */
+	uint32_t out_max;           /* queued output per client before reads stop: 256 KiB */
+	uint32_t req_budget;        /* requests read per client per wakeup: 64 */
+	uint32_t event_budget;      /* EVENTS packets per client per wakeup: 4 */
+};
+
+#define RDD_DEFAULT_REGS_PER_CLIENT 65536u
+#define RDD_DEFAULT_CLIENTS_PER_UID 1024u
+#define RDD_FD_RESERVE 64u
+#define RDD_OUT_MAX (256u * 1024u)
+
+struct rdd_client {
+	int fd;
+	uint32_t slot;
+	uint32_t gen;
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	bool hello_done;
+	bool want_out;    /* EPOLLOUT is in its epoll interest: output is blocked */
+	bool out_ready;   /* EPOLLOUT arrived since the last service */
+	bool in_pending;  /* input may be waiting (edge-triggered: read until EAGAIN) */
+	bool on_dirty;    /* on the loop's list of clients with work */
+	struct rdd_tokmap map;
+	struct rdd_queue ready;
+	uint32_t nregs;
+	/* Framed messages not yet sent, in order (replies, control answers, errors). */
+	uint8_t *out;
+	size_t out_off, out_len, out_cap;
+	uint64_t events_delivered;
+	uint64_t connected_usec; /* CLOCK_REALTIME */
+};
+
+/* Clients to service after this epoll batch, named by rdd_data(CLIENT, gen, slot) so a
+ * client freed meanwhile is skipped instead of touched. */
+struct rdd_worklist {
+	uint64_t *v;
+	uint32_t n;
+	uint32_t cap;
+};
+
+struct rdd_uid_count {
+	uid_t uid;
+	uint32_t n;
+};
+
+struct rdd {
+	int epfd;
+	int sigfd;
+	int listen_fd;
+	int reserve_fd;       /* spare fd released to accept-and-close on EMFILE */
+	char *socket_path;    /* the path we bound and will unlink, or NULL */
+	struct rdd_limits lim;
+	struct rdd_slab slab;
+	struct rdd_client **clients; /* indexed by client slot; NULL when free */
+	uint32_t *client_gen;
+	uint32_t nclients_cap;
+	uint32_t nclients;
+	struct rdd_uid_count *uids;
+	uint32_t nuids;
+	uint32_t nfds;        /* fds the daemon holds: registrations + clients + its own */
+	struct rdd_worklist dirty; /* clients with work left, as (gen, slot) names */
+	struct rdd_worklist spare;
+	bool stopping;
+	bool accept_paused;   /* listener removed from epoll after EMFILE; retried later */
+	uint64_t start_usec;  /* CLOCK_MONOTONIC */
+	uint64_t events_delivered;
+	uint64_t accepted;
+};
+
+/* client.c */
+int rdd_client_new(struct rdd *d, int fd);
+void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why);
+void rdd_client_service(struct rdd *d, struct rdd_client *c);
+void rdd_client_mark(struct rdd *d, struct rdd_client *c);
+void rdd_client_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);
+void rdd_reg_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);
+/* Queue a framed message for c, sending it at once when nothing is queued before it. */
+int rdd_client_send(struct rdd *d, struct rdd_client *c, const void *msg, size_t len);
+
+/* control.c: answer a CONTROL request body; returns a malloc'd JSON string. */
+char *rdd_control(struct rdd *d, struct rdd_client *c, const char *req, size_t len);
+
+/* server.c */
+int rdd_listen(struct rdd *d, const char *path);
+void rdd_listen_resume(struct rdd *d);
+int rdd_run(struct rdd *d);
+uint64_t rdd_now_usec(int clock);
+
+/* Scratch buffers shared by the single-threaded loop. */
+extern uint8_t rdd_rxbuf[];
+extern uint8_t rdd_txbuf[];
+
+#endif

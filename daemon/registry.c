@@ -1,0 +1,206 @@
+/* The registration slab, the token map and the ready queue (see registry.h). */
+#include "registry.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SLAB_MIN 64u
+
+int rdd_slab_init(struct rdd_slab *s)
+{
+	*s = (struct rdd_slab){ .free_head = RDD_NIL };
+	return 0;
+}
+
+void rdd_slab_fini(struct rdd_slab *s)
+{
+	free(s->regs);
+	*s = (struct rdd_slab){ .free_head = RDD_NIL };
+}
+
+static int slab_grow(struct rdd_slab *s)
+{
+	uint32_t ncap = s->cap ? s->cap * 2 : SLAB_MIN;
+	if (ncap <= s->cap || ncap > RDD_NIL / 2)
+		return -ENOMEM;
+	struct rdd_reg *n = realloc(s->regs, (size_t)ncap * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	/* Chain the new slots into the free list, lowest first. */
+	for (uint32_t i = s->cap; i < ncap; i++)
+		n[i] = (struct rdd_reg){ .fd = -1, .qnext = i + 1 < ncap ? i + 1 : s->free_head };
+	s->free_head = s->cap;
+	s->regs = n;
+	s->cap = ncap;
+	return 0;
+}
+
+int rdd_slab_alloc(struct rdd_slab *s, uint32_t *slot)
+{
+	if (s->free_head == RDD_NIL) {
+		int r = slab_grow(s);
+		if (r < 0)
+			return r;
+	}
+	uint32_t i = s->free_head;
+	struct rdd_reg *r = &s->regs[i];
+	s->free_head = r->qnext;
+	uint32_t gen = r->gen;
+	*r = (struct rdd_reg){ .fd = -1, .gen = gen, .qnext = RDD_NIL, .qprev = RDD_NIL,
+			       .state = RDD_REG_LIVE };
+	s->used++;
+	*slot = i;
+	return 0;
+}
+
+void rdd_slab_free(struct rdd_slab *s, uint32_t slot)
+{
+	struct rdd_reg *r = &s->regs[slot];
+	uint32_t gen = (r->gen + 1) & RDD_GEN_MASK;
+	*r = (struct rdd_reg){ .fd = -1, .gen = gen, .qnext = s->free_head, .qprev = RDD_NIL };
+	s->free_head = slot;
+	s->used--;
+}
+
+struct rdd_reg *rdd_slab_lookup(struct rdd_slab *s, uint32_t slot, uint32_t gen)
+{
+	if (slot >= s->cap)
+		return NULL;
+	struct rdd_reg *r = &s->regs[slot];
+	if (!(r->state & RDD_REG_LIVE) || r->gen != (gen & RDD_GEN_MASK))
+		return NULL;
+	return r;
+}
+
+/* Fibonacci hashing of the 64-bit token; the high bits are the well-mixed ones. */
+static uint32_t tok_hash(uint64_t token)
+{
+	return (uint32_t)((token * 0x9e3779b97f4a7c15ull) >> 32);
+}
+
+void rdd_tokmap_init(struct rdd_tokmap *m)
+{
+	*m = (struct rdd_tokmap){ 0 };
+}
+
+void rdd_tokmap_fini(struct rdd_tokmap *m)
+{
+	free(m->slots);
+	*m = (struct rdd_tokmap){ 0 };
+}
+
+uint32_t rdd_tokmap_find(const struct rdd_tokmap *m, const struct rdd_slab *s, uint64_t token)
+{
+	if (!m->slots)
+		return RDD_NIL;
+	for (uint32_t i = tok_hash(token) & m->mask;; i = (i + 1) & m->mask) {
+		uint32_t slot = m->slots[i];
+		if (slot == RDD_NIL || s->regs[slot].token == token)
+			return slot;
+	}
+}
+
+static void place(uint32_t *slots, uint32_t mask, uint32_t slot, uint64_t token)
+{
+	uint32_t i = tok_hash(token) & mask;
+	while (slots[i] != RDD_NIL)
+		i = (i + 1) & mask;
+	slots[i] = slot;
+}
+
+int rdd_tokmap_insert(struct rdd_tokmap *m, const struct rdd_slab *s, uint32_t slot)
+{
+	uint32_t cap = m->slots ? m->mask + 1 : 0;
+	/* Keep the load at most 1/2 so probes stay short. */
+	if ((m->count + 1) * 2 > cap) {
+		uint32_t ncap = cap ? cap * 2 : 16;
+		if (ncap <= cap)
+			return -ENOMEM;
+		uint32_t *n = malloc((size_t)ncap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		memset(n, 0xff, (size_t)ncap * sizeof(*n));
+		for (uint32_t i = 0; i < cap; i++)
+			if (m->slots[i] != RDD_NIL)
+				place(n, ncap - 1, m->slots[i], s->regs[m->slots[i]].token);
+		free(m->slots);
+		m->slots = n;
+		m->mask = ncap - 1;
+	}
+	place(m->slots, m->mask, slot, s->regs[slot].token);
+	m->count++;
+	return 0;
+}
+
+void rdd_tokmap_remove(struct rdd_tokmap *m, const struct rdd_slab *s, uint32_t slot)
+{
+	if (!m->slots)
+		return;
+	uint32_t i = tok_hash(s->regs[slot].token) & m->mask;
+	while (m->slots[i] != slot) {
+		if (m->slots[i] == RDD_NIL)
+			return;
+		i = (i + 1) & m->mask;
+	}
+	/* Backward-shift deletion: pull later members of the probe run into the hole when
+	 * their home position is at or before it. */
+	uint32_t hole = i;
+	for (uint32_t j = (i + 1) & m->mask; m->slots[j] != RDD_NIL; j = (j + 1) & m->mask) {
+		uint32_t home = tok_hash(s->regs[m->slots[j]].token) & m->mask;
+		if (((j - home) & m->mask) >= ((j - hole) & m->mask)) {
+			m->slots[hole] = m->slots[j];
+			hole = j;
+		}
+	}
+	m->slots[hole] = RDD_NIL;
+	m->count--;
+}
+
+void rdd_queue_init(struct rdd_queue *q)
+{
+	*q = (struct rdd_queue){ .head = RDD_NIL, .tail = RDD_NIL };
+}
+
+bool rdd_queue_push(struct rdd_queue *q, struct rdd_slab *s, uint32_t slot)
+{
+	struct rdd_reg *r = &s->regs[slot];
+	if (r->state & RDD_REG_QUEUED)
+		return false;
+	r->state |= RDD_REG_QUEUED;
+	r->qnext = RDD_NIL;
+	r->qprev = q->tail;
+	if (q->tail == RDD_NIL)
+		q->head = slot;
+	else
+		s->regs[q->tail].qnext = slot;
+	q->tail = slot;
+	q->len++;
+	return true;
+}
+
+void rdd_queue_remove(struct rdd_queue *q, struct rdd_slab *s, uint32_t slot)
+{
+	struct rdd_reg *r = &s->regs[slot];
+	if (!(r->state & RDD_REG_QUEUED))
+		return;
+	if (r->qprev == RDD_NIL)
+		q->head = r->qnext;
+	else
+		s->regs[r->qprev].qnext = r->qnext;
+	if (r->qnext == RDD_NIL)
+		q->tail = r->qprev;
+	else
+		s->regs[r->qnext].qprev = r->qprev;
+	r->qnext = r->qprev = RDD_NIL;
+	r->state &= (uint8_t)~RDD_REG_QUEUED;
+	q->len--;
+}
+
+uint32_t rdd_queue_pop(struct rdd_queue *q, struct rdd_slab *s)
+{
+	uint32_t slot = q->head;
+	if (slot != RDD_NIL)
+		rdd_queue_remove(q, s, slot);
+	return slot;
+}

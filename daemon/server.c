@@ -1,0 +1,319 @@
+/* The event loop: one epoll for the listener, the signalfd, every client connection and
+ * every registered fd. epoll_wait is called here and nowhere else; each event is
+ * dispatched on the tag in its epoll_data, then the clients with work are serviced. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../proto/rdp_path.h"
+#include "log.h"
+#include "rdd.h"
+
+#define EPOLL_BATCH 256
+#define ACCEPT_BUDGET 64
+
+static dev_t bound_dev;
+static ino_t bound_ino;
+
+uint64_t rdd_now_usec(int clock)
+{
+	struct timespec ts;
+	clock_gettime(clock, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Create the socket's directory when it is missing (one level, like RuntimeDirectory=). */
+static void make_parent_dir(const char *path)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	const char *slash = strrchr(path, '/');
+	if (!slash || slash == path || (size_t)(slash - path) >= sizeof(dir))
+		return;
+	memcpy(dir, path, (size_t)(slash - path));
+	dir[slash - path] = '\0';
+	if (mkdir(dir, 0755) == 0)
+		log_info("created directory %s", dir);
+}
+
+/* Is a live server accepting on path? */
+static bool socket_is_live(const struct sockaddr_un *sa, int salen)
+{
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	bool live = connect(fd, (const struct sockaddr *)sa, (socklen_t)salen) == 0 ||
+		    errno == EAGAIN;
+	close(fd);
+	return live;
+}
+
+int rdd_listen(struct rdd *d, const char *path)
+{
+	struct sockaddr_un sa;
+	struct stat st;
+	int salen = rdp_sockaddr(&sa, path);
+	int r;
+
+	if (salen < 0) {
+		log_err("socket path too long (at most %zu bytes): %s", sizeof(sa.sun_path) - 1, path);
+		return salen;
+	}
+	make_parent_dir(path);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, (socklen_t)salen) < 0) {
+		r = -errno;
+		if (r != -EADDRINUSE) {
+			log_err("bind %s: %s", path, strerror(-r));
+			goto out_close;
+		}
+		if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+			log_err("%s exists and is not a socket; refusing to replace it", path);
+			goto out_close;
+		}
+		if (socket_is_live(&sa, salen)) {
+			log_err("another readyd is already serving %s; refusing to start", path);
+			goto out_close;
+		}
+		log_notice("replacing stale socket %s", path);
+		if (unlink(path) < 0 && errno != ENOENT) {
+			r = -errno;
+			log_err("unlink stale %s: %s", path, strerror(-r));
+			goto out_close;
+		}
+		if (bind(fd, (struct sockaddr *)&sa, (socklen_t)salen) < 0) {
+			r = -errno;
+			log_err("bind %s: %s", path, strerror(-r));
+			goto out_close;
+		}
+	}
+	/* Who may connect is the policy's business, checked with SO_PEERCRED at accept. */
+	if (chmod(path, 0666) < 0)
+		log_warning("chmod %s: %s", path, strerror(errno));
+	if (stat(path, &st) == 0) {
+		bound_dev = st.st_dev;
+		bound_ino = st.st_ino;
+	}
+	if (listen(fd, SOMAXCONN) < 0) {
+		r = -errno;
+		log_err("listen %s: %s", path, strerror(-r));
+		goto out_unlink;
+	}
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = rdd_data(RDD_TAG_LISTEN, 0, 0) };
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		r = -errno;
+		goto out_unlink;
+	}
+	d->socket_path = strdup(path);
+	d->listen_fd = fd;
+	d->nfds++;
+	log_info("listening on %s", path);
+	return 0;
+
+out_unlink:
+	unlink(path);
+out_close:
+	close(fd);
+	return r;
+}
+
+void rdd_listen_resume(struct rdd *d)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = rdd_data(RDD_TAG_LISTEN, 0, 0) };
+	if (d->listen_fd < 0 || epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->listen_fd, &ev) < 0)
+		return;
+	d->accept_paused = false;
+	log_info("accepting connections again");
+}
+
+static void accept_pause(struct rdd *d)
+{
+	if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->listen_fd, NULL) == 0) {
+		d->accept_paused = true;
+		log_warning("out of file descriptors: not accepting until a client leaves");
+	}
+}
+
+/* Out of fds: give the reserve fd back to accept and close one pending connection, so
+ * the listener does not stay readable and spin the loop. */
+static void accept_refuse_one(struct rdd *d)
+{
+	if (d->reserve_fd < 0) {
+		accept_pause(d);
+		return;
+	}
+	close(d->reserve_fd);
+	d->reserve_fd = -1;
+	int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd >= 0)
+		close(fd);
+	d->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	log_warning("out of file descriptors: refused a connection");
+}
+
+static void do_accept(struct rdd *d)
+{
+	for (int i = 0; i < ACCEPT_BUDGET && d->listen_fd >= 0 && !d->accept_paused; i++) {
+		int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			switch (errno) {
+			case EAGAIN:
+				return;
+			case EINTR:
+			case ECONNABORTED:
+			case EPROTO:
+				continue;
+			case EMFILE:
+			case ENFILE:
+			case ENOBUFS:
+			case ENOMEM:
+				accept_refuse_one(d);
+				continue;
+			default:
+				log_err("accept: %s", strerror(errno));
+				return;
+			}
+		}
+		d->accepted++;
+		if (d->nfds >= d->lim.max_fds) {
+			close(fd);
+			log_warning("fd limit (%u) reached: refused a connection", d->lim.max_fds);
+			continue;
+		}
+		(void)rdd_client_new(d, fd);
+	}
+}
+
+static void handle_signal(struct rdd *d)
+{
+	struct signalfd_siginfo si;
+	while (read(d->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		switch (si.ssi_signo) {
+		case SIGTERM:
+		case SIGINT:
+			log_info("%s: shutting down", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+			d->stopping = true;
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+static int setup_signals(struct rdd *d)
+{
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+		return -errno;
+	signal(SIGPIPE, SIG_IGN);
+	d->sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (d->sigfd < 0)
+		return -errno;
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = rdd_data(RDD_TAG_SIGNAL, 0, 0) };
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->sigfd, &ev) < 0)
+		return -errno;
+	d->nfds++;
+	return 0;
+}
+
+static void service_dirty(struct rdd *d)
+{
+	struct rdd_worklist work = d->dirty;
+	d->dirty = d->spare;
+	d->dirty.n = 0;
+	for (uint32_t i = 0; i < work.n; i++) {
+		uint32_t slot = (uint32_t)work.v[i];
+		uint32_t gen = (uint32_t)(work.v[i] >> 32) & RDD_GEN_MASK;
+		struct rdd_client *c = d->clients[slot];
+		if (!c || c->gen != gen)
+			continue;
+		c->on_dirty = false;
+		rdd_client_service(d, c);
+	}
+	work.n = 0;
+	d->spare = work;
+}
+
+/* Stop accepting, give every client its queued output once, then close everything. */
+static void shutdown_all(struct rdd *d)
+{
+	if (d->listen_fd >= 0) {
+		epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->listen_fd, NULL);
+		close(d->listen_fd);
+		d->listen_fd = -1;
+		d->nfds--;
+	}
+	struct stat st;
+	if (d->socket_path && stat(d->socket_path, &st) == 0 && st.st_dev == bound_dev &&
+	    st.st_ino == bound_ino)
+		unlink(d->socket_path);
+	for (uint32_t i = 0; i < d->nclients_cap; i++) {
+		struct rdd_client *c = d->clients[i];
+		if (!c)
+			continue;
+		c->in_pending = false;
+		c->out_ready = true;
+		rdd_client_service(d, c);
+		if (d->clients[i] == c)
+			rdd_client_close(d, c, "daemon shutting down");
+	}
+}
+
+int rdd_run(struct rdd *d)
+{
+	struct epoll_event evs[EPOLL_BATCH];
+	int r = setup_signals(d);
+	if (r < 0) {
+		log_err("signals: %s", strerror(-r));
+		return r;
+	}
+
+	while (!d->stopping) {
+		int timeout = d->dirty.n ? 0 : d->accept_paused ? 1000 : -1;
+		int n = epoll_wait(d->epfd, evs, EPOLL_BATCH, timeout);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			r = -errno;
+			log_err("epoll_wait: %s", strerror(-r));
+			break;
+		}
+		if (n == 0 && d->accept_paused)
+			rdd_listen_resume(d);
+		for (int i = 0; i < n; i++) {
+			uint64_t data = evs[i].data.u64;
+			uint32_t slot = (uint32_t)data;
+			uint32_t gen = (uint32_t)(data >> 32) & RDD_GEN_MASK;
+			switch ((enum rdd_tag)(data >> 56)) {
+			case RDD_TAG_REG:
+				rdd_reg_event(d, slot, gen, evs[i].events);
+				break;
+			case RDD_TAG_CLIENT:
+				rdd_client_event(d, slot, gen, evs[i].events);
+				break;
+			case RDD_TAG_LISTEN:
+				do_accept(d);
+				break;
+			case RDD_TAG_SIGNAL:
+				handle_signal(d);
+				break;
+			}
+		}
+		service_dirty(d);
+	}
+	shutdown_all(d);
+	return r;
+}
