@@ -12,7 +12,7 @@ TESTPKGS := cmocka
 DEBS    := build-essential pkg-config libsystemd-dev libjansson-dev libcmocka-dev
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers
-BASE     := -std=gnu11 -D_GNU_SOURCE $(WARN)
+BASE     := -std=gnu11 -D_GNU_SOURCE -Iclient $(WARN)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA_CFLAGS = $(shell pkg-config --cflags cmocka 2>/dev/null)

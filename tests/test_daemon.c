@@ -1,0 +1,743 @@
+/* Integration tests of the readiness contract against a real readyd: edge and oneshot
+ * semantics, every readiness kind, ordering after delete and modify, EOF for a peer, a
+ * client that never reads, and many clients at once. Every test is wrapped in an fd
+ * check of this process and of the daemon. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../client/readyd.h"
+#include "../proto/rdp.h"
+#include "harness.h"
+
+static struct rdt_daemon daemon_;
+static struct rdt_fds fds_;
+
+/* Long enough that a healthy daemon always answers first; only a bound on failure. */
+#define PATIENCE_MS 5000
+/* How long to look for an event that must not come. */
+#define QUIET_MS 200
+
+static int group_setup(void **state)
+{
+	(void)state;
+	signal(SIGPIPE, SIG_IGN);
+	return rdt_daemon_start(&daemon_, NULL) == 0 ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	return rdt_daemon_stop(&daemon_) == 0 ? 0 : -1;
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	rdt_fds_snapshot(&fds_, daemon_.pid);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	rdt_fds_assert_back(&fds_, daemon_.pid);
+	return 0;
+}
+
+static rd_client *open_client(void)
+{
+	rd_client *c = NULL;
+	assert_int_equal(rd_open(&c, daemon_.sock), 0);
+	return c;
+}
+
+/* The next event, which must come. */
+static struct rd_event next_event(rd_client *c)
+{
+	struct rd_event ev;
+	assert_int_equal(rd_wait(c, &ev, 1, PATIENCE_MS), 1);
+	return ev;
+}
+
+static void expect_quiet(rd_client *c)
+{
+	struct rd_event ev;
+	int n = rd_wait(c, &ev, 1, QUIET_MS);
+	if (n != 0)
+		fail_msg("unexpected event: token %llu ready 0x%x", (unsigned long long)ev.token, ev.ready);
+}
+
+static void put_byte(int fd)
+{
+	assert_int_equal(write(fd, "x", 1), 1);
+}
+
+static void drain(int fd)
+{
+	char buf[4096];
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+}
+
+static void test_edge_pipe(void **state)
+{
+	(void)state;
+	rd_client *c = open_client();
+	int p[2];
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	assert_int_equal(rd_add(c, p[0], 7, RD_READABLE, RD_EDGE), 0);
+	expect_quiet(c); /* an empty pipe is not readable */
+
+	put_byte(p[1]);
+	struct rd_event ev = next_event(c);
+	assert_int_equal(ev.token, 7);
+	assert_true(ev.ready & RD_READABLE);
+	uint32_t tick = ev.tick;
+
+	/* Edge-triggered: no new event until a new edge, even though data is still there. */
+	expect_quiet(c);
+	put_byte(p[1]);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 7);
+	assert_true((int32_t)(ev.tick - tick) > 0);
+	drain(p[0]);
+
+	assert_int_equal(rd_delete(c, 7), 0);
+	close(p[0]);
+	close(p[1]);
+	rd_close(c);
+}
+
+static void test_edge_socketpair_and_eventfd(void **state)
+{
+	(void)state;
+	rd_client *c = open_client();
+	int sp[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp), 0);
+	int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	assert_true(efd >= 0);
+
+	/* A fresh socket is writable at once. */
+	assert_int_equal(rd_add(c, sp[0], 1, RD_READABLE | RD_WRITABLE, 0), 0);
+	struct rd_event ev = next_event(c);
+	assert_int_equal(ev.token, 1);
+	assert_int_equal(ev.ready & (RD_READABLE | RD_WRITABLE), RD_WRITABLE);
+
+	assert_int_equal(write(sp[1], "hi", 2), 2);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 1);
+	assert_true(ev.ready & RD_READABLE);
+	drain(sp[0]);
+
+	assert_int_equal(rd_add(c, efd, 2, RD_READABLE, 0), 0);
+	expect_quiet(c);
+	uint64_t one = 1;
+	assert_int_equal(write(efd, &one, sizeof(one)), sizeof(one));
+	ev = next_event(c);
+	assert_int_equal(ev.token, 2);
+	assert_int_equal(ev.ready, RD_READABLE);
+
+	rd_close(c);
+	close(sp[0]);
+	close(sp[1]);
+	close(efd);
+}
+
+static int tcp_listener(uint16_t *port)
+{
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	assert_true(l >= 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(l, 16), 0);
+	socklen_t sl = sizeof(sa);
+	assert_int_equal(getsockname(l, (struct sockaddr *)&sa, &sl), 0);
+	*port = ntohs(sa.sin_port);
+	return l;
+}
+
+static int tcp_connect(uint16_t port, bool nonblock)
+{
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
+	assert_true(s >= 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int r = connect(s, (struct sockaddr *)&sa, sizeof(sa));
+	assert_true(r == 0 || (nonblock && errno == EINPROGRESS));
+	return s;
+}
+
+static void test_tcp_loopback(void **state)
+{
+	(void)state;
+	rd_client *c = open_client();
+	uint16_t port;
+	int l = tcp_listener(&port);
+	assert_int_equal(rd_add(c, l, 100, RD_READABLE, 0), 0);
+
+	int cl = tcp_connect(port, false);
+	struct rd_event ev = next_event(c);
+	assert_int_equal(ev.token, 100);
+	assert_true(ev.ready & RD_READABLE);
+	int s = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	assert_true(s >= 0);
+
+	assert_int_equal(rd_add(c, s, 101, RD_READABLE | RD_PRIORITY, 0), 0);
+	assert_int_equal(write(cl, "abc", 3), 3);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 101);
+	assert_true(ev.ready & RD_READABLE);
+	drain(s);
+
+	/* Urgent data is priority readiness. */
+	assert_int_equal(send(cl, "!", 1, MSG_OOB), 1);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 101);
+	assert_true(ev.ready & RD_PRIORITY);
+	char oob;
+	assert_int_equal(recv(s, &oob, 1, MSG_OOB), 1);
+
+	/* The peer shuts down its writing side: read-closed, and still writable. */
+	assert_int_equal(shutdown(cl, SHUT_WR), 0);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 101);
+	assert_true(ev.ready & RD_READ_CLOSED);
+	assert_false(ev.ready & RD_WRITE_CLOSED);
+
+	rd_close(c);
+	close(cl);
+	close(s);
+	close(l);
+}
+
+static void test_error_and_write_closed(void **state)
+{
+	(void)state;
+	rd_client *c = open_client();
+
+	/* A connect refused on loopback: error readiness, whatever the interest. */
+	uint16_t port;
+	int l = tcp_listener(&port);
+	close(l); /* nobody listens on port now */
+	int s = tcp_connect(port, true);
+	assert_int_equal(rd_add(c, s, 5, RD_WRITABLE, 0), 0);
+	struct rd_event ev = next_event(c);
+	assert_int_equal(ev.token, 5);
+	assert_true(ev.ready & RD_ERROR);
+	assert_true(ev.ready & RD_WRITE_CLOSED);
+
+	/* The write end of a pipe whose reader is gone. */
+	int p[2];
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	assert_int_equal(rd_add(c, p[1], 6, RD_WRITABLE, 0), 0);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 6);
+	assert_true(ev.ready & RD_WRITABLE);
+	close(p[0]);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 6);
+	assert_true(ev.ready & RD_ERROR);
+	assert_true(ev.ready & RD_WRITE_CLOSED);
+	close(p[1]);
+
+	/* The read end of a pipe whose writer is gone: readable and read-closed. */
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	assert_int_equal(rd_add(c, p[0], 8, RD_READABLE, 0), 0);
+	close(p[1]);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 8);
+	assert_true(ev.ready & RD_READ_CLOSED);
+
+	rd_close(c);
+	close(s);
+	close(p[0]);
+}
+
+static void test_oneshot(void **state)
+{
+	(void)state;
+	rd_client *c = open_client();
+	int p[2];
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	assert_int_equal(rd_add(c, p[0], 9, RD_READABLE, RD_ONESHOT), 0);
+	put_byte(p[1]);
+	struct rd_event ev = next_event(c);
+	assert_int_equal(ev.token, 9);
+	/* Disarmed: more data brings nothing until re-armed. */
+	put_byte(p[1]);
+	expect_quiet(c);
+	/* Re-arming an fd that is still ready reports it at once. */
+	assert_int_equal(rd_rearm(c, 9), 0);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 9);
+	assert_true(ev.ready & RD_READABLE);
+	/* Re-armed after draining: quiet until the next byte. */
+	drain(p[0]);
+	assert_int_equal(rd_rearm(c, 9), 0);
+	expect_quiet(c);
+	put_byte(p[1]);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 9);
+
+	rd_close(c);
+	close(p[0]);
+	close(p[1]);
+}
+
+static void test_modify(void **state)
+{
+	(void)state;
+	rd_client *c = open_client();
+	int sp[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp), 0);
+	assert_int_equal(rd_add(c, sp[0], 3, RD_READABLE, 0), 0);
+	expect_quiet(c);
+	/* Now writable interest: the socket is writable, so an event follows the reply. */
+	assert_int_equal(rd_modify(c, 3, RD_WRITABLE, 0), 0);
+	struct rd_event ev = next_event(c);
+	assert_int_equal(ev.token, 3);
+	assert_true(ev.ready & RD_WRITABLE);
+	/* Back to readable only: data makes a readable event with no writable bit. */
+	assert_int_equal(rd_modify(c, 3, RD_READABLE, 0), 0);
+	assert_int_equal(write(sp[1], "z", 1), 1);
+	ev = next_event(c);
+	assert_int_equal(ev.token, 3);
+	assert_int_equal(ev.ready & (RD_READABLE | RD_WRITABLE), RD_READABLE);
+	/* Modify an unknown token, and interest 0. */
+	assert_int_equal(rd_modify(c, 4, RD_READABLE, 0), -ENOENT);
+	assert_int_equal(rd_modify(c, 3, 0, 0), -EINVAL);
+	/* Reserved bits are refused by the library before they reach the daemon. */
+	assert_int_equal(rd_modify(c, 3, 0x80, 0), -EINVAL);
+	assert_int_equal(rd_modify(c, 3, RD_READABLE, 0x100), -EINVAL);
+
+	rd_close(c);
+	close(sp[0]);
+	close(sp[1]);
+}
+
+/* Once a delete's reply has arrived no event for its token follows: checked on the raw
+ * protocol (nothing after the REPLY) and through the library (nothing after rd_delete). */
+static void test_no_event_after_delete(void **state)
+{
+	(void)state;
+	enum { N = 64 };
+	int p[N][2];
+	int rfd[N];
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(pipe2(p[i], O_NONBLOCK | O_CLOEXEC), 0);
+		rfd[i] = p[i][0];
+	}
+
+	/* Raw: ADD all, make them ready, DEL all in one request, then make them ready again. */
+	int s = rdt_connect(daemon_.sock);
+	assert_true(s >= 0);
+	assert_int_equal(rdt_hello(s), 0);
+	struct rdp_add_entry e[N];
+	uint64_t tok[N];
+	for (int i = 0; i < N; i++) {
+		e[i] = (struct rdp_add_entry){ .token = 1000 + i, .interest = RDP_INTEREST_READABLE };
+		tok[i] = 1000 + i;
+	}
+	static uint8_t buf[RDP_MSG_MAX];
+	size_t len = rdp_encode_add(buf, sizeof(buf), 10, e, N);
+	assert_int_equal(rdt_send(s, buf, len, rfd, N), 0);
+	for (int i = 0; i < N; i++)
+		put_byte(p[i][1]);
+	len = rdp_encode_tokens(buf, sizeof(buf), RDP_MSG_DEL, 11, tok, N);
+	assert_int_equal(rdt_send(s, buf, len, NULL, 0), 0);
+	bool del_replied = false;
+	while (!del_replied) {
+		int n = rdt_recv(s, buf, sizeof(buf), PATIENCE_MS);
+		assert_true(n > 0);
+		struct rdp_hdr h;
+		assert_int_equal(rdp_check_daemon_msg(buf, (size_t)n, 0, &h), RDP_E_NONE);
+		if (h.type == RDP_MSG_REPLY && h.id == 11) {
+			for (uint32_t i = 0; i < h.count; i++)
+				assert_int_equal(rdp_status_get(buf, i), 0);
+			del_replied = true;
+		}
+	}
+	for (int i = 0; i < N; i++)
+		put_byte(p[i][1]);
+	/* A CONTROL round trip: everything the daemon sent before its answer has arrived. */
+	len = rdp_encode_json(buf, sizeof(buf), RDP_MSG_CONTROL, 12, "{\"command\":\"status\"}", 20);
+	assert_int_equal(rdt_send(s, buf, len, NULL, 0), 0);
+	for (;;) {
+		int n = rdt_recv(s, buf, sizeof(buf), PATIENCE_MS);
+		assert_true(n > 0);
+		struct rdp_hdr h;
+		assert_int_equal(rdp_check_daemon_msg(buf, (size_t)n, 0, &h), RDP_E_NONE);
+		assert_int_not_equal(h.type, RDP_MSG_EVENTS);
+		if (h.type == RDP_MSG_CONTROL_REPLY)
+			break;
+	}
+	close(s);
+
+	/* Library: events already received for a token are dropped by rd_delete. */
+	rd_client *c = open_client();
+	struct rd_entry re[N];
+	for (int i = 0; i < N; i++)
+		re[i] = (struct rd_entry){ .fd = rfd[i], .token = 2000 + i, .interest = RD_READABLE };
+	assert_int_equal(rd_add_batch(c, re, N), N);
+	/* Pipes still hold data from above: every ADD reports readable right away. Wait for
+	 * the first so that the others are likely in flight while we delete. */
+	struct rd_event ev = next_event(c);
+	assert_true(ev.token >= 2000 && ev.token < 2000 + N);
+	for (int i = 0; i < N; i++)
+		put_byte(p[i][1]);
+	assert_int_equal(rd_delete_batch(c, re, N), N);
+	for (int i = 0; i < N; i++)
+		put_byte(p[i][1]);
+	expect_quiet(c);
+	rd_close(c);
+	for (int i = 0; i < N; i++) {
+		close(p[i][0]);
+		close(p[i][1]);
+	}
+}
+
+/* The daemon's copy keeps the open file description alive: the peer of a registered
+ * socket sees EOF only once the registration is deleted, or its client disconnects. */
+static bool peer_sees_eof(int peer, int timeout_ms)
+{
+	struct pollfd pf = { .fd = peer, .events = POLLIN };
+	if (poll(&pf, 1, timeout_ms) <= 0)
+		return false;
+	char b;
+	return read(peer, &b, 1) == 0;
+}
+
+static void test_peer_eof_after_delete_or_disconnect(void **state)
+{
+	(void)state;
+	rd_client *c = open_client();
+	int sp[2], sq[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sq), 0);
+	assert_int_equal(rd_add(c, sp[0], 1, RD_READABLE, 0), 0);
+	assert_int_equal(rd_add(c, sq[0], 2, RD_READABLE, 0), 0);
+	close(sp[0]);
+	close(sq[0]);
+	assert_false(peer_sees_eof(sp[1], QUIET_MS));
+	assert_int_equal(rd_delete(c, 1), 0);
+	assert_true(peer_sees_eof(sp[1], PATIENCE_MS));
+
+	assert_false(peer_sees_eof(sq[1], QUIET_MS));
+	rd_close(c);
+	assert_true(peer_sees_eof(sq[1], PATIENCE_MS));
+	close(sp[1]);
+	close(sq[1]);
+}
+
+/* A client that registers many fds and never reads: its events stay coalesced in the
+ * daemon (one per registration), the daemon's memory stays flat, and another client is
+ * served all along. */
+static void test_never_reading_client(void **state)
+{
+	(void)state;
+	enum { N = 500, ROUNDS = 40 };
+	int efd[N];
+	struct rd_entry e[N];
+	rd_client *lazy = open_client();
+	for (int i = 0; i < N; i++) {
+		efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		assert_true(efd[i] >= 0);
+		e[i] = (struct rd_entry){ .fd = efd[i], .token = (uint64_t)i, .interest = RD_READABLE };
+	}
+	assert_int_equal(rd_add_batch(lazy, e, N), N);
+
+	rd_client *busy = open_client();
+	int p[2];
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	assert_int_equal(rd_add(busy, p[0], 77, RD_READABLE, 0), 0);
+
+	long rss0 = 0;
+	uint64_t one = 1;
+	for (int round = 0; round < ROUNDS; round++) {
+		for (int i = 0; i < N; i++)
+			assert_int_equal(write(efd[i], &one, sizeof(one)), sizeof(one));
+		put_byte(p[1]);
+		struct rd_event ev = next_event(busy);
+		assert_int_equal(ev.token, 77);
+		if (round == 4)
+			rss0 = rdt_rss_kib(daemon_.pid);
+	}
+	long rss1 = rdt_rss_kib(daemon_.pid);
+	assert_true(rss0 > 0 && rss1 > 0);
+	/* 35 more rounds of 500 edges each: O(events) growth would be megabytes. */
+	if (rss1 - rss0 > 512)
+		fail_msg("daemon RSS grew by %ld KiB while a client did not read", rss1 - rss0);
+
+	/* When the lazy client reads at last, every registration is reported. */
+	static struct rd_event evs[4096];
+	static bool seen[N];
+	int total = 0, distinct = 0;
+	for (;;) {
+		int n = rd_wait(lazy, evs, 4096, QUIET_MS);
+		assert_true(n >= 0);
+		if (n == 0)
+			break;
+		for (int i = 0; i < n; i++) {
+			assert_true(evs[i].token < N);
+			assert_true(evs[i].ready & RD_READABLE);
+			if (!seen[evs[i].token]) {
+				seen[evs[i].token] = true;
+				distinct++;
+			}
+		}
+		total += n;
+		assert_true(total <= N * ROUNDS);
+	}
+	assert_int_equal(distinct, N);
+	rd_close(lazy);
+	rd_close(busy);
+	for (int i = 0; i < N; i++)
+		close(efd[i]);
+	close(p[0]);
+	close(p[1]);
+}
+
+/* 100 clients with 100 registrations each: everyone gets all of its events, and only its
+ * own. Each client registers 10 eventfds 10 times, under 100 tokens. */
+static void test_many_clients(void **state)
+{
+	(void)state;
+	enum { CLIENTS = 100, FDS = 10, DUPS = 10 };
+	static rd_client *cl[CLIENTS];
+	static int efd[CLIENTS][FDS];
+	for (int c = 0; c < CLIENTS; c++) {
+		cl[c] = open_client();
+		struct rd_entry e[FDS * DUPS];
+		for (int f = 0; f < FDS; f++) {
+			efd[c][f] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+			assert_true(efd[c][f] >= 0);
+			for (int k = 0; k < DUPS; k++)
+				e[f * DUPS + k] = (struct rd_entry){
+					.fd = efd[c][f],
+					.token = (uint64_t)c << 32 | (uint64_t)(f * DUPS + k),
+					.interest = RD_READABLE,
+				};
+		}
+		assert_int_equal(rd_add_batch(cl[c], e, FDS * DUPS), FDS * DUPS);
+	}
+	uint64_t one = 1;
+	for (int c = 0; c < CLIENTS; c++)
+		for (int f = 0; f < FDS; f++)
+			assert_int_equal(write(efd[c][f], &one, sizeof(one)), sizeof(one));
+	for (int c = 0; c < CLIENTS; c++) {
+		bool seen[FDS * DUPS] = { false };
+		int distinct = 0;
+		struct rd_event evs[256];
+		while (distinct < FDS * DUPS) {
+			int n = rd_wait(cl[c], evs, 256, PATIENCE_MS);
+			assert_true(n > 0);
+			for (int i = 0; i < n; i++) {
+				assert_int_equal(evs[i].token >> 32, c);
+				uint32_t t = (uint32_t)evs[i].token;
+				assert_true(t < FDS * DUPS);
+				if (!seen[t]) {
+					seen[t] = true;
+					distinct++;
+				}
+			}
+		}
+	}
+	char *status = NULL;
+	assert_int_equal(rd_control(cl[0], "{\"command\":\"status\"}", &status), 0);
+	assert_non_null(strstr(status, "\"registrations\":10000"));
+	free(status);
+	for (int c = 0; c < CLIENTS; c++) {
+		rd_close(cl[c]);
+		for (int f = 0; f < FDS; f++)
+			close(efd[c][f]);
+	}
+}
+
+static void test_control_status(void **state)
+{
+	(void)state;
+	rd_client *c = open_client();
+	char *s = NULL;
+	assert_int_equal(rd_control(c, "{\"command\":\"status\"}", &s), 0);
+	assert_non_null(strstr(s, "\"ok\":true"));
+	char pid[32];
+	snprintf(pid, sizeof(pid), "\"pid\":%d,", (int)daemon_.pid);
+	assert_non_null(strstr(s, pid));
+	free(s);
+	assert_int_equal(rd_control(c, "{\"command\":\"nope\"}", &s), 0);
+	assert_non_null(strstr(s, "\"ok\":false"));
+	free(s);
+	/* Bad JSON is an answer, not a disconnect. */
+	assert_int_equal(rd_control(c, "{not json", &s), 0);
+	assert_non_null(strstr(s, "invalid JSON"));
+	free(s);
+	assert_int_equal(rd_control(c, "{\"command\":\"status\"}", &s), 0);
+	free(s);
+	rd_close(c);
+
+	/* readyctl status --json goes through the same control plane. */
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "%s --socket %s status --json",
+		 getenv("READYCTL_BIN") ? getenv("READYCTL_BIN") : "build/bin/readyctl", daemon_.sock);
+	FILE *f = popen(cmd, "r");
+	assert_non_null(f);
+	char line[1024] = "";
+	assert_non_null(fgets(line, sizeof(line), f));
+	assert_int_equal(pclose(f), 0);
+	assert_non_null(strstr(line, pid));
+	assert_non_null(strstr(line, "\"events_delivered\":"));
+}
+
+/* A stale socket file is replaced; a live daemon on the path is refused. */
+static void test_stale_and_live_socket(void **state)
+{
+	(void)state;
+	const char *bin = getenv("READYD_BIN") ? getenv("READYD_BIN") : "build/bin/readyd";
+	char cmd[512];
+
+	/* Live: a second daemon on our daemon's socket exits 1, and ours keeps serving. */
+	snprintf(cmd, sizeof(cmd), "%s --socket %s --log-level err 2>/dev/null", bin, daemon_.sock);
+	int st = system(cmd);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 1);
+	rd_client *c = open_client();
+	rd_close(c);
+
+	/* Stale: a socket file nobody listens on. */
+	char dir[] = "/tmp/readyd-stale-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	char path[108];
+	snprintf(path, sizeof(path), "%s/s.sock", dir);
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	strcpy(sa.sun_path, path);
+	assert_int_equal(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	close(s);
+	struct rdt_daemon d2;
+	(void)d2;
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		for (int fd = 3; fd < 1024; fd++)
+			close(fd);
+		execl(bin, bin, "--socket", path, "--log-level", "err", (char *)NULL);
+		_exit(127);
+	}
+	rd_client *c2 = NULL;
+	int r = -1;
+	for (int i = 0; i < 500 && r < 0; i++) {
+		r = rd_open(&c2, path);
+		if (r < 0)
+			usleep(10000);
+	}
+	assert_int_equal(r, 0);
+	rd_close(c2);
+	kill(pid, SIGTERM);
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	/* A clean stop removes the socket it bound. */
+	struct stat sb;
+	assert_int_equal(stat(path, &sb), -1);
+	rmdir(dir);
+
+	/* A path that is not a socket is never replaced. */
+	char file[] = "/tmp/readyd-notsock-XXXXXX";
+	int ffd = mkstemp(file);
+	assert_true(ffd >= 0);
+	close(ffd);
+	snprintf(cmd, sizeof(cmd), "%s --socket %s --log-level err 2>/dev/null", bin, file);
+	st = system(cmd);
+	assert_int_equal(WEXITSTATUS(st), 1);
+	assert_int_equal(stat(file, &sb), 0);
+	unlink(file);
+}
+
+/* The echo-server example serves TCP on loopback with every wait going through readyd. */
+static void test_echo_example(void **state)
+{
+	(void)state;
+	const char *bin = getenv("ECHO_BIN") ? getenv("ECHO_BIN") : "build/bin/echo-server";
+	int out[2];
+	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		dup2(out[1], STDOUT_FILENO);
+		for (int fd = 3; fd < 1024; fd++)
+			close(fd);
+		execl(bin, bin, "--socket", daemon_.sock, "--port", "0", (char *)NULL);
+		_exit(127);
+	}
+	close(out[1]);
+	FILE *f = fdopen(out[0], "r");
+	assert_non_null(f);
+	int port = 0;
+	assert_int_equal(fscanf(f, "echo-server: listening on 127.0.0.1:%d", &port), 1);
+
+	enum { CONNS = 8, BYTES = 200000 };
+	static char sendbuf[BYTES], recvbuf[BYTES];
+	for (int i = 0; i < BYTES; i++)
+		sendbuf[i] = (char)(i * 7 + 3);
+	int s[CONNS];
+	for (int i = 0; i < CONNS; i++)
+		s[i] = tcp_connect((uint16_t)port, false);
+	for (int i = 0; i < CONNS; i++) {
+		/* Write and read in turns so neither side's buffers fill. */
+		size_t sent = 0, got = 0;
+		while (got < BYTES) {
+			if (sent < BYTES) {
+				size_t k = BYTES - sent < 8192 ? BYTES - sent : 8192;
+				ssize_t w = write(s[i], sendbuf + sent, k);
+				assert_true(w > 0);
+				sent += (size_t)w;
+			}
+			struct pollfd pf = { .fd = s[i], .events = POLLIN };
+			assert_int_equal(poll(&pf, 1, PATIENCE_MS), 1);
+			ssize_t n = read(s[i], recvbuf + got, BYTES - got);
+			assert_true(n > 0);
+			got += (size_t)n;
+		}
+		assert_memory_equal(sendbuf, recvbuf, BYTES);
+		close(s[i]);
+	}
+	kill(pid, SIGTERM);
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	fclose(f);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_edge_pipe, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_edge_socketpair_and_eventfd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tcp_loopback, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_error_and_write_closed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_oneshot, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_modify, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_no_event_after_delete, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_peer_eof_after_delete_or_disconnect, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_never_reading_client, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_many_clients, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_control_status, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stale_and_live_socket, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_echo_example, setup, teardown),
+	};
+	return cmocka_run_group_tests_name("readyd", tests, group_setup, group_teardown);
+}
