@@ -9,7 +9,8 @@ CFLAGS  ?= -O2 -g
 B       := build
 PKGS    := libsystemd jansson
 TESTPKGS := cmocka
-DEBS    := build-essential pkg-config libsystemd-dev libjansson-dev libcmocka-dev
+BUILD_DEBS := build-essential pkg-config libsystemd-dev libjansson-dev libcmocka-dev
+TEST_DEBS  := $(BUILD_DEBS) clang man-db groff-base
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers
 BASE     := -std=gnu11 -D_GNU_SOURCE -Iclient $(WARN)
@@ -41,11 +42,13 @@ UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
 INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
-.PHONY: all deps run check check-unit check-integration clean examples
+.PHONY: all deps deps-test run check check-unit check-integration check-man tests clean
 all: $(BINS) $(LIBS) $(EXAMPLES)
 
-# Install what the build and tests need, from Debian, when it is missing.
-deps:
+# Install what the build (deps) or the tests (deps-test) need, from Debian, when missing.
+deps: DEBS = $(BUILD_DEBS)
+deps-test: DEBS = $(TEST_DEBS)
+deps deps-test:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
@@ -62,9 +65,9 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	exec $(B)/bin/readyd --log-level info
 
-check: deps
+check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration
+	@$(MAKE) --no-print-directory check-unit check-integration check-man
 
 tests: $(TEST_BINS)
 
@@ -73,6 +76,14 @@ check-unit: $(UNIT_TESTS)
 
 check-integration: $(INT_TESTS) $(BINS)
 	@set -e; for t in $(INT_TESTS); do echo "== $$t"; READYD_BIN=$(B)/bin/readyd $$t; done
+
+# Every page renders without a warning (link pages, which only .so another, excepted).
+check-man:
+	@set -e; for f in man/*.[1-8]; do \
+		head -c3 $$f | grep -q '^\.so' && continue; \
+		out=$$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l $$f 2>&1 >/dev/null); \
+		if [ -n "$$out" ]; then echo "$$f:"; echo "$$out"; exit 1; fi; \
+	done; echo "man pages: no warnings"
 
 $(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
