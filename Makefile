@@ -7,6 +7,7 @@
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 B       := build
+SHELL   := /bin/bash
 PKGS    := libsystemd jansson
 TESTPKGS := cmocka
 BUILD_DEBS := build-essential pkg-config libsystemd-dev libjansson-dev libcmocka-dev
@@ -39,10 +40,10 @@ LIBS := $(B)/lib/libreadyd.so.$(SOVERSION) $(B)/lib/libreadyd.so $(B)/lib/librea
 EXAMPLES := $(B)/bin/echo-server
 
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
-INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile
+INT_TESTS  := $(B)/tests/test-daemon
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
-.PHONY: all deps deps-test run check check-unit check-integration check-man tests clean
+.PHONY: all deps deps-test run check check-unit check-integration check-lib check-man tests clean
 all: $(BINS) $(LIBS) $(EXAMPLES)
 
 # Install what the build (deps) or the tests (deps-test) need, from Debian, when missing.
@@ -67,7 +68,7 @@ run: deps
 
 check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration check-man
+	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man
 
 tests: $(TEST_BINS)
 
@@ -76,6 +77,16 @@ check-unit: $(UNIT_TESTS)
 
 check-integration: $(INT_TESTS) $(BINS)
 	@set -e; for t in $(INT_TESTS); do echo "== $$t"; READYD_BIN=$(B)/bin/readyd $$t; done
+
+# libreadyd.so exports exactly the functions of readyd.h, and links as -lreadyd.
+check-lib: $(B)/lib/libreadyd.so
+	@want=$$(sed -n 's/^[a-z].* \**\(rd_[a-z_]*\)(.*/\1/p' client/readyd.h | sort); \
+	got=$$(nm -D --defined-only $(B)/lib/libreadyd.so | awk '$$2 == "T" { sub(/@.*/, "", $$3); print $$3 }' | sort); \
+	if [ "$$want" != "$$got" ]; then echo "exports differ from readyd.h:"; diff <(echo "$$want") <(echo "$$got"); exit 1; fi
+	@objdump -p $(B)/lib/libreadyd.so | grep -q 'SONAME *libreadyd.so.$(SOVERSION)$$'
+	$(CC) $(BASE) $(CFLAGS) -o $(B)/tests/link-shared tests/link_shared.c -L$(B)/lib -lreadyd
+	LD_LIBRARY_PATH=$(B)/lib $(B)/tests/link-shared
+	@echo "libreadyd.so: exports and soname ok"
 
 # Every page renders without a warning (link pages, which only .so another, excepted).
 check-man:
@@ -91,7 +102,7 @@ $(B)/obj/%.o: %.c
 
 $(B)/pic/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(BASE) -fPIC -fvisibility=hidden $(CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(BASE) -fPIC $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(B)/bin/readyd: $(DAEMON_OBJ) $(PROTO_OBJ)
 	@mkdir -p $(dir $@)

@@ -24,8 +24,9 @@ static void usage(FILE *f)
 		   "  -h, --help         show this help and exit\n"
 		   "  -V, --version      show the version and exit\n"
 		   "\n"
-		   "Exit status: 0 success, 1 the daemon refused or failed, 2 usage error,\n"
-		   "3 cannot connect to the daemon. See readyctl(1).\n");
+		   "Exit status: 0 success, 1 the daemon answered with an error or failed,\n"
+		   "2 usage error, 3 cannot connect to (or was refused by) the daemon.\n"
+		   "See readyctl(1).\n");
 }
 
 static void print_uptime(json_int_t usec)
@@ -43,6 +44,12 @@ static int print_status(const char *json)
 	json_t *j = json_loads(json, 0, &err);
 	if (!j) {
 		fprintf(stderr, "readyctl: bad answer from readyd: %s\n", err.text);
+		return EXIT_FAIL;
+	}
+	if (!json_is_true(json_object_get(j, "ok"))) {
+		const char *e = json_string_value(json_object_get(j, "error"));
+		fprintf(stderr, "readyctl: readyd: %s\n", e ? e : "request failed");
+		json_decref(j);
 		return EXIT_FAIL;
 	}
 	printf("version:          %s (protocol %lld)\n",
@@ -121,9 +128,10 @@ int main(int argc, char **argv)
 		return EXIT_FAIL;
 	}
 	int rc = EXIT_OK;
-	if (json)
+	if (json) {
 		printf("%s\n", reply);
-	else
+		rc = strstr(reply, "\"ok\":true") ? EXIT_OK : EXIT_FAIL;
+	} else
 		rc = print_status(reply);
 	free(reply);
 	return rc;

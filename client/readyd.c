@@ -4,6 +4,7 @@
 #include "readyd.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -87,52 +88,29 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Receive one message from the daemon into c->rx, waiting up to timeout_ms (-1: block).
- * Returns 1 with a checked message, 0 on timeout, or -errno. ERROR from the daemon
- * ends the connection with the errno it carries. */
-static int recv_msg(rd_client *c, int timeout_ms)
+/* Wait for the connection to become readable (POLLIN) or writable (POLLOUT), up to
+ * timeout_ms (-1: forever). Returns 1 when it is, 0 on timeout or signal, or -errno.
+ * Needed only for a finite timeout, or when the caller made the connection non-blocking. */
+static int wait_fd(rd_client *c, short events, int timeout_ms)
 {
-	struct rdp_rx rx;
-	int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
-	int r;
+	struct pollfd p = { .fd = c->fd, .events = events };
+	struct timespec ts = { .tv_sec = timeout_ms / 1000, .tv_nsec = (timeout_ms % 1000) * 1000000L };
+	int r = ppoll(&p, 1, timeout_ms < 0 ? NULL : &ts, NULL);
+	if (r < 0)
+		return errno == EINTR ? 0 : -errno;
+	return r;
+}
 
-	if (c->dead)
-		return c->dead;
-	for (;;) {
-		if (timeout_ms > 0) {
-			int64_t left = deadline - now_ms();
-			if (left < 0)
-				left = 0;
-			struct timespec ts = { .tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000 };
-			struct pollfd p = { .fd = c->fd, .events = POLLIN };
-			r = ppoll(&p, 1, &ts, NULL);
-			if (r < 0 && errno != EINTR)
-				return fail(c, -errno);
-			if (r <= 0) {
-				if (left == 0)
-					return 0;
-				continue;
-			}
-		}
-		r = rdp_recv(c->fd, c->rx, sizeof(c->rx), &rx, timeout_ms >= 0);
-		if (r == -EAGAIN) {
-			if (timeout_ms == 0)
-				return 0;
-			continue;
-		}
-		if (r < 0)
-			return fail(c, r);
-		if (r == 0)
-			return fail(c, -ECONNRESET);
-		break;
-	}
-	if (rx.nfds > 0 || rx.truncated || rx.ctruncated) {
-		rdp_rx_close_fds(&rx);
+/* Check the message in c->rx; an ERROR ends the connection with the errno it carries. */
+static int take_msg(rd_client *c, struct rdp_rx *rx)
+{
+	if (rx->nfds > 0 || rx->truncated || rx->ctruncated) {
+		rdp_rx_close_fds(rx);
 		return fail(c, -EPROTO);
 	}
-	if (rdp_check_daemon_msg(c->rx, rx.len, 0, &c->rx_hdr) != RDP_E_NONE)
+	if (rdp_check_daemon_msg(c->rx, rx->len, 0, &c->rx_hdr) != RDP_E_NONE)
 		return fail(c, -EPROTO);
-	c->rx_len = rx.len;
+	c->rx_len = rx->len;
 	if (c->rx_hdr.type == RDP_MSG_ERROR) {
 		uint32_t err, reason;
 		const char *text;
@@ -141,6 +119,84 @@ static int recv_msg(rd_client *c, int timeout_ms)
 		return fail(c, err > 0 && err < 4096 ? -(int)err : -EPROTO);
 	}
 	return 1;
+}
+
+static int keep_events(rd_client *c);
+
+/* The daemon hung up. It may have said why first (an ERROR still queued behind the
+ * error the kernel reports): read what is left, so the caller learns the reason. */
+static int conn_lost(rd_client *c, int err)
+{
+	for (int i = 0; i < 64 && !c->dead; i++) {
+		struct rdp_rx rx;
+		int r = rdp_recv(c->fd, c->rx, sizeof(c->rx), &rx, true);
+		if (r <= 0)
+			break;
+		r = take_msg(c, &rx);
+		if (r > 0 && c->rx_hdr.type == RDP_MSG_EVENTS)
+			(void)keep_events(c);
+	}
+	return fail(c, err);
+}
+
+/* Send one request, waiting for room when the caller made the socket non-blocking.
+ * Errors after which the connection is intact (nothing was sent) are returned as they
+ * are: -EBADF (a bad fd in an ADD), -ETOOMANYREFS (too many of our fds in flight). */
+static int send_msg(rd_client *c, const void *buf, size_t len, const int *fds, size_t nfds)
+{
+	if (c->dead)
+		return c->dead;
+	for (;;) {
+		int r = rdp_send(c->fd, buf, len, fds, nfds, false);
+		if (r == -EAGAIN) {
+			r = wait_fd(c, POLLOUT, -1);
+			if (r < 0)
+				return fail(c, r);
+			continue;
+		}
+		if (r == -EPIPE || r == -ECONNRESET)
+			return conn_lost(c, r);
+		if (r < 0 && r != -EBADF && r != -ETOOMANYREFS)
+			return fail(c, r);
+		return r;
+	}
+}
+
+/* Receive one message from the daemon into c->rx, waiting up to timeout_ms (-1: block).
+ * Returns 1 with a checked message, 0 on timeout, or -errno. */
+static int recv_msg(rd_client *c, int timeout_ms)
+{
+	struct rdp_rx rx;
+	int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
+
+	if (c->dead)
+		return c->dead;
+	for (;;) {
+		/* Blocking receive when there is no timeout: no ppoll needed then. */
+		int r = rdp_recv(c->fd, c->rx, sizeof(c->rx), &rx, timeout_ms >= 0);
+		if (r == -EAGAIN) {
+			int left = -1;
+			if (timeout_ms == 0)
+				return 0;
+			if (timeout_ms > 0) {
+				int64_t l = deadline - now_ms();
+				if (l <= 0)
+					return 0;
+				left = (int)l;
+			}
+			r = wait_fd(c, POLLIN, left);
+			if (r < 0)
+				return fail(c, r);
+			continue;
+		}
+		if (r == -ECONNRESET)
+			return conn_lost(c, r);
+		if (r < 0)
+			return fail(c, r);
+		if (r == 0)
+			return fail(c, -ECONNRESET);
+		return take_msg(c, &rx);
+	}
 }
 
 /* Keep the records of the EVENTS message in c->rx for rd_wait. */
@@ -186,7 +242,7 @@ int rd_adopt(rd_client **out, int fd)
 	c->fd = fd;
 	uint32_t id = new_id(c);
 	size_t len = rdp_encode_hello(c->tx, sizeof(c->tx), id, RDP_VERSION, 0);
-	int r = rdp_send(fd, c->tx, len, NULL, 0, false);
+	int r = send_msg(c, c->tx, len, NULL, 0);
 	if (r == 0)
 		r = await(c, RDP_MSG_WELCOME, id);
 	if (r == 0) {
@@ -253,43 +309,81 @@ int rd_fd(const rd_client *c)
 	return c ? c->fd : -EINVAL;
 }
 
-/* Encode entries [i, i + n) of a batch as one request of 'type' and send it. */
-static int send_chunk(rd_client *c, uint16_t type, const struct rd_entry *e, uint32_t n,
-		      uint32_t id)
+/* One request of a batched call: its id and which entries it carries. */
+struct chunk {
+	uint32_t id;
+	uint32_t n;
+	uint32_t idx[RDP_BATCH_MAX];
+};
+
+/* Encode the entries named by ch->idx as one request of 'type' and send it. */
+static int send_chunk(rd_client *c, uint16_t type, const struct rd_entry *e, const struct chunk *ch)
 {
 	struct rdp_add_entry ae[RDP_BATCH_MAX];
 	uint64_t tok[RDP_BATCH_MAX];
 	int fds[RDP_BATCH_MAX];
 	size_t len;
 
-	for (uint32_t i = 0; i < n; i++) {
-		ae[i] = (struct rdp_add_entry){ .token = e[i].token, .interest = e[i].interest,
-						.flags = e[i].flags };
-		tok[i] = e[i].token;
-		fds[i] = e[i].fd;
+	for (uint32_t i = 0; i < ch->n; i++) {
+		const struct rd_entry *x = &e[ch->idx[i]];
+		ae[i] = (struct rdp_add_entry){ .token = x->token, .interest = x->interest,
+						.flags = x->flags };
+		tok[i] = x->token;
+		fds[i] = x->fd;
 	}
 	switch (type) {
 	case RDP_MSG_ADD:
-		len = rdp_encode_add(c->tx, sizeof(c->tx), id, ae, n);
+		len = rdp_encode_add(c->tx, sizeof(c->tx), ch->id, ae, ch->n);
 		break;
 	case RDP_MSG_MOD:
-		len = rdp_encode_mod(c->tx, sizeof(c->tx), id, ae, n);
+		len = rdp_encode_mod(c->tx, sizeof(c->tx), ch->id, ae, ch->n);
 		break;
 	default:
-		len = rdp_encode_tokens(c->tx, sizeof(c->tx), type, id, tok, n);
+		len = rdp_encode_tokens(c->tx, sizeof(c->tx), type, ch->id, tok, ch->n);
 		break;
 	}
-	int r = rdp_send(c->fd, c->tx, len, fds, type == RDP_MSG_ADD ? n : 0, false);
-	return r < 0 ? fail(c, r) : 0;
+	return send_msg(c, c->tx, len, fds, type == RDP_MSG_ADD ? ch->n : 0);
 }
 
-static bool entry_ok(uint16_t type, const struct rd_entry *e)
+/* An entry the daemon would refuse as malformed gets its status here and is not sent:
+ * reserved bits would cost the whole connection. */
+static int entry_check(uint16_t type, const struct rd_entry *e)
 {
 	if (type == RDP_MSG_ADD && e->fd < 0)
-		return false;
-	if (type == RDP_MSG_ADD || type == RDP_MSG_MOD)
-		return !(e->interest & ~RDP_INTEREST_ALL) && !(e->flags & ~RDP_FLAG_ALL);
-	return true;
+		return -EBADF;
+	if ((type == RDP_MSG_ADD || type == RDP_MSG_MOD) &&
+	    ((e->interest & ~RDP_INTEREST_ALL) || (e->flags & ~RDP_FLAG_ALL)))
+		return -EINVAL;
+	return 0;
+}
+
+/* Fill ch with up to 253 sendable entries from *next on; entries that cannot be sent get
+ * their status now. */
+static void chunk_fill(uint16_t type, struct rd_entry *e, size_t n, size_t *next, struct chunk *ch)
+{
+	ch->n = 0;
+	while (*next < n && ch->n < RDP_BATCH_MAX) {
+		struct rd_entry *x = &e[*next];
+		x->status = entry_check(type, x);
+		if (x->status == 0)
+			ch->idx[ch->n++] = (uint32_t)*next;
+		(*next)++;
+	}
+}
+
+/* sendmsg said EBADF: find the closed fds (only on this rare path), give them -EBADF,
+ * and keep the rest of the request. */
+static void chunk_drop_bad_fds(struct rd_entry *e, struct chunk *ch)
+{
+	uint32_t w = 0;
+	for (uint32_t i = 0; i < ch->n; i++) {
+		struct rd_entry *x = &e[ch->idx[i]];
+		if (fcntl(x->fd, F_GETFD) < 0)
+			x->status = -EBADF;
+		else
+			ch->idx[w++] = ch->idx[i];
+	}
+	ch->n = w;
 }
 
 struct tok_mask {
@@ -335,43 +429,60 @@ static int apply_to_queued(rd_client *c, uint16_t type, const struct rd_entry *e
 	return 0;
 }
 
-/* A batched call: chunks of up to 253 entries, up to PIPELINE_DEPTH requests in flight. */
+/* A batched call: requests of up to 253 entries, up to PIPELINE_DEPTH in flight. */
 static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 {
-	uint32_t ids[PIPELINE_DEPTH];
-	size_t sent = 0, done = 0, nok = 0;
+	struct chunk fl[PIPELINE_DEPTH];
+	unsigned head = 0, inflight = 0;
+	size_t next = 0, nok = 0;
 
 	if (!c || (!e && n))
 		return -EINVAL;
 	if (c->dead)
 		return c->dead;
-	/* Reserved bits would make the daemon drop the connection: refuse them here. */
-	for (size_t i = 0; i < n; i++)
-		if (!entry_ok(type, &e[i]))
-			return -EINVAL;
 
-	while (done < n) {
-		while (sent < n && (sent - done) / RDP_BATCH_MAX < PIPELINE_DEPTH) {
-			uint32_t k = (uint32_t)(n - sent < RDP_BATCH_MAX ? n - sent : RDP_BATCH_MAX);
-			uint32_t id = new_id(c);
-			int r = send_chunk(c, type, e + sent, k, id);
+	while (next < n || inflight > 0) {
+		while (next < n && inflight < PIPELINE_DEPTH) {
+			struct chunk *ch = &fl[(head + inflight) % PIPELINE_DEPTH];
+			size_t start = next;
+			chunk_fill(type, e, n, &next, ch);
+			ch->id = new_id(c);
+			int r = ch->n ? send_chunk(c, type, e, ch) : 0;
+			while (r == -EBADF && type == RDP_MSG_ADD) {
+				chunk_drop_bad_fds(e, ch);
+				r = ch->n ? send_chunk(c, type, e, ch) : 0;
+			}
+			if (r == -ETOOMANYREFS) {
+				/* More of our fds in flight than RLIMIT_NOFILE allows: let the
+				 * daemon take what is sent, then retry. Alone, it cannot go. */
+				if (inflight > 0) {
+					next = start;
+					break;
+				}
+				for (uint32_t i = 0; i < ch->n; i++)
+					e[ch->idx[i]].status = -ETOOMANYREFS;
+				continue;
+			}
 			if (r < 0)
-				return r;
-			ids[(sent / RDP_BATCH_MAX) % PIPELINE_DEPTH] = id;
-			sent += k;
+				return fail(c, r);
+			if (ch->n)
+				inflight++;
 		}
-		int r = await(c, RDP_MSG_REPLY, ids[(done / RDP_BATCH_MAX) % PIPELINE_DEPTH]);
+		if (inflight == 0)
+			break;
+		struct chunk *ch = &fl[head];
+		int r = await(c, RDP_MSG_REPLY, ch->id);
 		if (r < 0)
 			return r;
-		uint32_t k = (uint32_t)(n - done < RDP_BATCH_MAX ? n - done : RDP_BATCH_MAX);
-		if (c->rx_hdr.count != k)
+		if (c->rx_hdr.count != ch->n)
 			return fail(c, -EPROTO);
-		for (uint32_t i = 0; i < k; i++) {
+		for (uint32_t i = 0; i < ch->n; i++) {
 			uint32_t st = rdp_status_get(c->rx, i);
-			e[done + i].status = st == 0 ? 0 : st < 4096 ? -(int)st : -EIO;
+			e[ch->idx[i]].status = st == 0 ? 0 : st < 4096 ? -(int)st : -EIO;
 			nok += st == 0;
 		}
-		done += k;
+		head = (head + 1) % PIPELINE_DEPTH;
+		inflight--;
 	}
 	if ((type == RDP_MSG_DEL || type == RDP_MSG_MOD) && nok > 0 && c->evq_len > 0) {
 		int r = apply_to_queued(c, type, e, n);
@@ -480,7 +591,7 @@ int rd_control(rd_client *c, const char *request, char **reply)
 		return -EMSGSIZE;
 	uint32_t id = new_id(c);
 	size_t len = rdp_encode_json(c->tx, sizeof(c->tx), RDP_MSG_CONTROL, id, request, rl);
-	int r = rdp_send(c->fd, c->tx, len, NULL, 0, false);
+	int r = send_msg(c, c->tx, len, NULL, 0);
 	if (r < 0)
 		return fail(c, r);
 	r = await(c, RDP_MSG_CONTROL_REPLY, id);

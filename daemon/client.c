@@ -233,8 +233,8 @@ void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why)
 	close(c->fd);
 	d->nfds--;
 	struct rdd_uid_count *u = uid_slot(d, c->uid, false);
-	if (u && u->n > 0)
-		u->n--;
+	if (u && --u->n == 0)
+		*u = d->uids[--d->nuids]; /* forget uids with no connection */
 	d->clients[c->slot] = NULL;
 	d->client_gen[c->slot] = (d->client_gen[c->slot] + 1) & RDD_GEN_MASK;
 	d->nclients--;

@@ -128,7 +128,7 @@ int main(int argc, char **argv)
 		.lim = {
 			.regs_per_client = cfg.regs_per_client ? cfg.regs_per_client : RDD_DEFAULT_REGS_PER_CLIENT,
 			.clients_per_uid = cfg.clients_per_uid ? cfg.clients_per_uid : RDD_DEFAULT_CLIENTS_PER_UID,
-			.max_fds = (uint32_t)(nofile > RDD_FD_RESERVE * 2 ? nofile - RDD_FD_RESERVE : nofile / 2),
+			.max_fds = (uint32_t)(nofile > RDD_FD_RESERVE + 16 ? nofile - RDD_FD_RESERVE : 16),
 			.out_max = cfg.out_max ? cfg.out_max : RDD_OUT_MAX,
 			.req_budget = 64,
 			.event_budget = 4,

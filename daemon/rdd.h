@@ -29,7 +29,7 @@ static inline uint64_t rdd_data(enum rdd_tag tag, uint32_t gen, uint32_t slot)
 struct rdd_limits {
 	uint32_t regs_per_client;   /* default 65536 */
 	uint32_t clients_per_uid;   /* default 1024 */
-	uint32_t max_fds;           /* default: RLIMIT_NOFILE after raising it, less 64 */
+	uint32_t max_fds;           /* default: RLIMIT_NOFILE after raising it, less 320 */
 	uint32_t out_max;           /* queued output per client before reads stop: 256 KiB */
 	uint32_t req_budget;        /* requests read per client per wakeup: 64 */
 	uint32_t event_budget;      /* EVENTS packets per client per wakeup: 4 */
@@ -37,7 +37,9 @@ struct rdd_limits {
 
 #define RDD_DEFAULT_REGS_PER_CLIENT 65536u
 #define RDD_DEFAULT_CLIENTS_PER_UID 1024u
-#define RDD_FD_RESERVE 64u
+/* fds kept free under RLIMIT_NOFILE: room to receive one full ADD (253 fds) beyond the
+ * limit, whose extra fds are then closed, plus the loop's own. */
+#define RDD_FD_RESERVE 320u
 #define RDD_OUT_MAX (256u * 1024u)
 
 struct rdd_client {

@@ -73,10 +73,13 @@ struct rdd_reg *rdd_slab_lookup(struct rdd_slab *s, uint32_t slot, uint32_t gen)
 	return r;
 }
 
-/* Fibonacci hashing of the 64-bit token; the high bits are the well-mixed ones. */
-static uint32_t tok_hash(uint64_t token)
+/* Fibonacci hashing: the home bucket is the top log2(capacity) bits of token * 2^64/phi,
+ * which depend on every bit of the token, so tokens that differ only in high bits (or
+ * only in low bits) still spread. */
+static uint32_t home_of(uint64_t token, uint32_t mask)
 {
-	return (uint32_t)((token * 0x9e3779b97f4a7c15ull) >> 32);
+	unsigned bits = (unsigned)__builtin_popcount(mask);
+	return (uint32_t)((token * 0x9e3779b97f4a7c15ull) >> (64 - bits));
 }
 
 void rdd_tokmap_init(struct rdd_tokmap *m)
@@ -94,7 +97,7 @@ uint32_t rdd_tokmap_find(const struct rdd_tokmap *m, const struct rdd_slab *s, u
 {
 	if (!m->slots)
 		return RDD_NIL;
-	for (uint32_t i = tok_hash(token) & m->mask;; i = (i + 1) & m->mask) {
+	for (uint32_t i = home_of(token, m->mask);; i = (i + 1) & m->mask) {
 		uint32_t slot = m->slots[i];
 		if (slot == RDD_NIL || s->regs[slot].token == token)
 			return slot;
@@ -103,7 +106,7 @@ uint32_t rdd_tokmap_find(const struct rdd_tokmap *m, const struct rdd_slab *s, u
 
 static void place(uint32_t *slots, uint32_t mask, uint32_t slot, uint64_t token)
 {
-	uint32_t i = tok_hash(token) & mask;
+	uint32_t i = home_of(token, mask);
 	while (slots[i] != RDD_NIL)
 		i = (i + 1) & mask;
 	slots[i] = slot;
@@ -137,7 +140,7 @@ void rdd_tokmap_remove(struct rdd_tokmap *m, const struct rdd_slab *s, uint32_t 
 {
 	if (!m->slots)
 		return;
-	uint32_t i = tok_hash(s->regs[slot].token) & m->mask;
+	uint32_t i = home_of(s->regs[slot].token, m->mask);
 	while (m->slots[i] != slot) {
 		if (m->slots[i] == RDD_NIL)
 			return;
@@ -147,7 +150,7 @@ void rdd_tokmap_remove(struct rdd_tokmap *m, const struct rdd_slab *s, uint32_t 
 	 * their home position is at or before it. */
 	uint32_t hole = i;
 	for (uint32_t j = (i + 1) & m->mask; m->slots[j] != RDD_NIL; j = (j + 1) & m->mask) {
-		uint32_t home = tok_hash(s->regs[m->slots[j]].token) & m->mask;
+		uint32_t home = home_of(s->regs[m->slots[j]].token, m->mask);
 		if (((j - home) & m->mask) >= ((j - hole) & m->mask)) {
 			m->slots[hole] = m->slots[j];
 			hole = j;

@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../proto/rdp.h"
+#include "../proto/rdp_io.h"
 #include "../proto/rdp_path.h"
 #include "log.h"
 #include "rdd.h"
@@ -186,6 +188,9 @@ static void do_accept(struct rdd *d)
 		}
 		d->accepted++;
 		if (d->nfds >= d->lim.max_fds) {
+			size_t len = rdp_encode_error(rdd_txbuf, RDP_MSG_MAX, 0, EMFILE, RDP_E_RESOURCE,
+						      "the daemon is at its fd limit");
+			(void)rdp_send(fd, rdd_txbuf, len, NULL, 0, true);
 			close(fd);
 			log_warning("fd limit (%u) reached: refused a connection", d->lim.max_fds);
 			continue;
@@ -204,6 +209,9 @@ static void handle_signal(struct rdd *d)
 			log_info("%s: shutting down", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
 			d->stopping = true;
 			break;
+		case SIGHUP:
+			log_notice("SIGHUP: configuration reload is not supported in this version; ignored");
+			break;
 		default:
 			break;
 		}
@@ -216,6 +224,7 @@ static int setup_signals(struct rdd *d)
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
 	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
 		return -errno;
 	signal(SIGPIPE, SIG_IGN);

@@ -286,7 +286,7 @@ static size_t encode_entries(void *out, size_t cap, uint16_t type, uint32_t id,
 			     const struct rdp_add_entry *e, uint32_t n)
 {
 	struct rdp_buf b = rdp_buf_init(out, cap);
-	if (n > RDP_BATCH_MAX)
+	if (n == 0 || n > RDP_BATCH_MAX)
 		return 0;
 	if (begin(&b, type, id, n, (size_t)n * RDP_ADD_ENTRY_SIZE)) {
 		for (uint32_t i = 0; i < n; i++) {
@@ -312,7 +312,7 @@ size_t rdp_encode_tokens(void *out, size_t cap, uint16_t type, uint32_t id, cons
 			 uint32_t n)
 {
 	struct rdp_buf b = rdp_buf_init(out, cap);
-	if (n > RDP_BATCH_MAX)
+	if (n == 0 || n > RDP_BATCH_MAX)
 		return 0;
 	if (begin(&b, type, id, n, (size_t)n * RDP_TOK_ENTRY_SIZE))
 		for (uint32_t i = 0; i < n; i++)
@@ -337,6 +337,8 @@ size_t rdp_encode_json(void *out, size_t cap, uint16_t type, uint32_t id, const 
 		       size_t json_len)
 {
 	struct rdp_buf b = rdp_buf_init(out, cap);
+	if (json_len == 0)
+		return 0;
 	if (begin(&b, type, id, 0, json_len))
 		rdp_put_bytes(&b, json, json_len);
 	return done(&b);

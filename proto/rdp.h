@@ -186,7 +186,8 @@ uint64_t rdp_token_get(const void *msg, uint32_t i);
 uint32_t rdp_status_get(const void *msg, uint32_t i);
 void rdp_event_get(const void *msg, uint32_t i, struct rdp_event *ev);
 
-/* Encoders. Each returns the message length, or 0 when 'cap' is too small. */
+/* Encoders. Each returns the message length, or 0 when 'cap' is too small or the message
+ * would be invalid (no entries, more than RDP_BATCH_MAX, an empty JSON body). */
 size_t rdp_encode_hello(void *out, size_t cap, uint32_t id, uint32_t version, uint32_t features);
 size_t rdp_encode_welcome(void *out, size_t cap, uint32_t id, const struct rdp_welcome *w);
 size_t rdp_encode_add(void *out, size_t cap, uint32_t id, const struct rdp_add_entry *e, uint32_t n);

@@ -22,10 +22,9 @@ int rdp_default_socket_path(char *buf, size_t len)
 
 	if ((v = env("READYD_SOCKET")))
 		n = snprintf(buf, len, "%s", v);
-	else if ((v = env("RUNTIME_DIRECTORY"))) {
+	else if ((v = env("RUNTIME_DIRECTORY")) && strcspn(v, ":") > 0) {
 		/* systemd separates several RuntimeDirectory= entries with ':' */
-		size_t first = strcspn(v, ":");
-		n = snprintf(buf, len, "%.*s/%s", (int)first, v, RDP_SOCKET_NAME);
+		n = snprintf(buf, len, "%.*s/%s", (int)strcspn(v, ":"), v, RDP_SOCKET_NAME);
 	} else if ((v = env("XDG_RUNTIME_DIR")))
 		n = snprintf(buf, len, "%s/%s", v, RDP_SOCKET_NAME);
 	else

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -60,6 +62,15 @@ int rdt_daemon_start(struct rdt_daemon *d, const char *config_json)
 			argv[i++] = d->config;
 		}
 		argv[i] = NULL;
+		/* A daemon outlives no failed test. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		/* A test may run the daemon under a smaller fd limit, soft and hard. */
+		const char *nofile = getenv("READYD_TEST_NOFILE");
+		if (nofile) {
+			struct rlimit rl = { .rlim_cur = strtoul(nofile, NULL, 10),
+					     .rlim_max = strtoul(nofile, NULL, 10) };
+			setrlimit(RLIMIT_NOFILE, &rl);
+		}
 		/* The daemon starts with only stdio open, whatever the test holds. */
 		for (int fd = 3; fd < 1024; fd++)
 			close(fd);

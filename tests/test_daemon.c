@@ -722,6 +722,150 @@ static void test_echo_example(void **state)
 	fclose(f);
 }
 
+/* Run readyd with args, stderr captured; returns its exit status and its first stderr
+ * line in 'line'. With 'journal', JOURNAL_STREAM names the captured stderr. */
+static int run_readyd(const char *args, bool journal, char *line, size_t cap)
+{
+	const char *bin = getenv("READYD_BIN") ? getenv("READYD_BIN") : "build/bin/readyd";
+	int err[2];
+	assert_int_equal(pipe2(err, O_CLOEXEC), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		dup2(err[1], STDERR_FILENO);
+		if (journal) {
+			struct stat st;
+			char v[64];
+			fstat(STDERR_FILENO, &st);
+			snprintf(v, sizeof(v), "%llu:%llu", (unsigned long long)st.st_dev,
+				 (unsigned long long)st.st_ino);
+			setenv("JOURNAL_STREAM", v, 1);
+		} else
+			unsetenv("JOURNAL_STREAM");
+		char cmd[512];
+		snprintf(cmd, sizeof(cmd), "exec %s %s >/dev/null", bin, args);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	close(err[1]);
+	FILE *f = fdopen(err[0], "r");
+	line[0] = '\0';
+	if (!fgets(line, (int)cap, f))
+		line[0] = '\0';
+	char rest[512];
+	while (fgets(rest, sizeof(rest), f))
+		;
+	fclose(f);
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+/* Startup errors are clear and exit non-zero; under the journal, lines carry <N>. */
+static void test_startup_errors_and_journal(void **state)
+{
+	(void)state;
+	char line[512], args[512];
+	char dir[] = "/tmp/readyd-cfg-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	char cfg[128], sock[128];
+	snprintf(cfg, sizeof(cfg), "%s/readyd.json", dir);
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+
+	/* A socket path too long for sockaddr_un, logged at err level: <3> in the journal. */
+	char longpath[200];
+	memset(longpath, 'a', sizeof(longpath) - 1);
+	longpath[0] = '/';
+	longpath[sizeof(longpath) - 1] = '\0';
+	snprintf(args, sizeof(args), "--socket %s", longpath);
+	assert_int_equal(run_readyd(args, true, line, sizeof(line)), 1);
+	assert_true(strncmp(line, "<3>", 3) == 0);
+	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
+	assert_non_null(strstr(line, "readyd: err: socket path too long"));
+
+	/* Bad JSON: line and column. */
+	write_file(cfg, "{\n  \"log_level\": \"info\",\n  oops\n}\n");
+	snprintf(args, sizeof(args), "--socket %s --config %s", sock, cfg);
+	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
+	assert_non_null(strstr(line, "line 3"));
+	/* Unknown key, wrong type, out of range, duplicate key: each named. */
+	write_file(cfg, "{\"limits\": {\"registrations_per_clint\": 5}}");
+	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
+	assert_non_null(strstr(line, "limits.registrations_per_clint"));
+	write_file(cfg, "{\"log_level\": 7}");
+	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
+	assert_non_null(strstr(line, "log_level"));
+	write_file(cfg, "{\"limits\": {\"clients_per_uid\": 0}}");
+	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
+	assert_non_null(strstr(line, "limits.clients_per_uid"));
+	write_file(cfg, "{\"socket\": \"/a\", \"socket\": \"/b\"}");
+	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
+	assert_non_null(strstr(line, "duplicate"));
+	/* A missing --config file is an error; usage errors exit 2. */
+	snprintf(args, sizeof(args), "--socket %s --config %s/none.json", sock, dir);
+	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
+	assert_int_equal(run_readyd("--no-such-option", false, line, sizeof(line)), 2);
+	assert_int_equal(run_readyd("--log-level loud", false, line, sizeof(line)), 2);
+	assert_int_equal(run_readyd("--version", false, line, sizeof(line)), 0);
+
+	unlink(cfg);
+	rmdir(dir);
+}
+
+/* At the daemon's fd limit, ADD entries get EMFILE and new connections a clear refusal;
+ * the daemon keeps serving, and accepts again once fds are released. The daemon runs
+ * under RLIMIT_NOFILE 400 here, so its limit is 400 - 320 = 80 fds. */
+static void test_fd_limit(void **state)
+{
+	(void)state;
+	struct rdt_daemon d2;
+	setenv("READYD_TEST_NOFILE", "400", 1);
+	int r = rdt_daemon_start(&d2, NULL);
+	unsetenv("READYD_TEST_NOFILE");
+	assert_int_equal(r, 0);
+	struct rdt_fds base;
+	rdt_fds_snapshot(&base, d2.pid);
+
+	rd_client *a = NULL;
+	assert_int_equal(rd_open(&a, d2.sock), 0);
+	int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	enum { N = 200 };
+	struct rd_entry e[N];
+	for (int i = 0; i < N; i++)
+		e[i] = (struct rd_entry){ .fd = efd, .token = (uint64_t)i, .interest = RD_READABLE };
+	int ok = rd_add_batch(a, e, N);
+	assert_true(ok > 0 && ok < N);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(e[i].status, i < ok ? 0 : -EMFILE);
+
+	rd_client *b = NULL;
+	assert_int_equal(rd_open(&b, d2.sock), -EMFILE);
+
+	/* The client at the limit is still served. */
+	uint64_t one = 1;
+	assert_int_equal(write(efd, &one, sizeof(one)), sizeof(one));
+	struct rd_event ev[N];
+	assert_true(rd_wait(a, ev, N, PATIENCE_MS) > 0);
+
+	/* Release some: a new client gets in and can register. */
+	assert_int_equal(rd_delete_batch(a, e, 10), 10);
+	assert_int_equal(rd_open(&b, d2.sock), 0);
+	assert_int_equal(rd_add(b, efd, 1, RD_READABLE, 0), 0);
+	rd_close(b);
+	rd_close(a);
+	close(efd);
+	rdt_fds_assert_back(&base, d2.pid);
+	assert_int_equal(rdt_daemon_stop(&d2), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -738,6 +882,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_control_status, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_and_live_socket, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_echo_example, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_startup_errors_and_journal, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fd_limit, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("readyd", tests, group_setup, group_teardown);
 }
