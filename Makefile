@@ -11,7 +11,7 @@ SHELL   := /bin/bash
 PKGS    := libsystemd jansson
 TESTPKGS := cmocka
 BUILD_DEBS := build-essential pkg-config libsystemd-dev libjansson-dev libcmocka-dev
-TEST_DEBS  := $(BUILD_DEBS) clang man-db groff-base
+TEST_DEBS  := $(BUILD_DEBS) clang man-db groff-base systemd
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers
 BASE     := -std=gnu11 -D_GNU_SOURCE -Iclient $(WARN)
@@ -25,7 +25,7 @@ VERSION   := 1.0.0
 
 PROTO_SRC  := proto/rdp.c proto/rdp_io.c proto/rdp_path.c
 DAEMON_SRC := daemon/main.c daemon/server.c daemon/client.c daemon/registry.c \
-              daemon/control.c daemon/config.c daemon/log.c
+              daemon/control.c daemon/config.c daemon/log.c daemon/notify.c
 LIB_SRC    := client/readyd.c
 CTL_SRC    := client/readyctl.c
 
@@ -40,7 +40,7 @@ LIBS := $(B)/lib/libreadyd.so.$(SOVERSION) $(B)/lib/libreadyd.so $(B)/lib/librea
 EXAMPLES := $(B)/bin/echo-server
 
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
-INT_TESTS  := $(B)/tests/test-daemon
+INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-systemd
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
 .PHONY: all deps deps-test run check check-unit check-integration check-lib check-man tests clean
@@ -145,5 +145,7 @@ $(B)/tests/test-%: $(B)/obj/tests/test_%.o $(B)/obj/tests/harness.o $(B)/lib/lib
 
 clean:
 	rm -rf $(B)
+
+.SECONDARY:
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

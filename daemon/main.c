@@ -123,7 +123,7 @@ int main(int argc, char **argv)
 	struct rdd d = {
 		.epfd = -1,
 		.sigfd = -1,
-		.listen_fd = -1,
+		.timer_fd = -1,
 		.reserve_fd = -1,
 		.lim = {
 			.regs_per_client = cfg.regs_per_client ? cfg.regs_per_client : RDD_DEFAULT_REGS_PER_CLIENT,
@@ -153,8 +153,15 @@ int main(int argc, char **argv)
 	}
 	d.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	d.nfds += 2;
-	if (rdd_listen(&d, socket_path) < 0)
+	/* Sockets passed by systemd take precedence over binding our own. */
+	int r = rdd_listen_activated(&d);
+	if (r < 0)
 		goto finish;
+	if (r == 0 && rdd_listen(&d, socket_path) < 0)
+		goto finish;
+	r = rdd_notify_init(&d);
+	if (r < 0)
+		log_warning("sd_notify timer: %s", strerror(-r));
 	log_info("readyd %s ready: fd limit %u, %u registrations per client, %u clients per uid",
 		 RDD_VERSION, d.lim.max_fds, d.lim.regs_per_client, d.lim.clients_per_uid);
 	rc = rdd_run(&d) < 0 ? 1 : 0;
@@ -163,6 +170,8 @@ int main(int argc, char **argv)
 finish:
 	if (d.sigfd >= 0)
 		close(d.sigfd);
+	if (d.timer_fd >= 0)
+		close(d.timer_fd);
 	if (d.reserve_fd >= 0)
 		close(d.reserve_fd);
 	if (d.epfd >= 0)

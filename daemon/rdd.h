@@ -18,7 +18,10 @@ enum rdd_tag {
 	RDD_TAG_CLIENT = 1,
 	RDD_TAG_LISTEN = 2,
 	RDD_TAG_SIGNAL = 3,
+	RDD_TAG_TIMER = 4,
 };
+
+#define RDD_LISTEN_MAX 16 /* listening sockets, bound or passed by systemd */
 
 static inline uint64_t rdd_data(enum rdd_tag tag, uint32_t gen, uint32_t slot)
 {
@@ -80,7 +83,12 @@ struct rdd_uid_count {
 struct rdd {
 	int epfd;
 	int sigfd;
-	int listen_fd;
+	int listen_fds[RDD_LISTEN_MAX];
+	unsigned nlisten;
+	int timer_fd;         /* sd_notify STATUS= and WATCHDOG=1, only under systemd */
+	uint64_t watchdog_usec;
+	uint64_t last_status_usec;
+	uint64_t last_status_events;
 	int reserve_fd;       /* spare fd released to accept-and-close on EMFILE */
 	char *socket_path;    /* the path we bound and will unlink, or NULL */
 	struct rdd_limits lim;
@@ -116,9 +124,18 @@ char *rdd_control(struct rdd *d, struct rdd_client *c, const char *req, size_t l
 
 /* server.c */
 int rdd_listen(struct rdd *d, const char *path);
+/* Take the sockets systemd passed (LISTEN_FDS). Returns how many, or -errno. */
+int rdd_listen_activated(struct rdd *d);
 void rdd_listen_resume(struct rdd *d);
 int rdd_run(struct rdd *d);
 uint64_t rdd_now_usec(int clock);
+
+/* notify.c: sd_notify(3) to the service manager; everything is a no-op without
+ * NOTIFY_SOCKET. */
+int rdd_notify_init(struct rdd *d);
+void rdd_notify_ready(struct rdd *d);
+void rdd_notify_tick(struct rdd *d);
+void rdd_notify_stopping(struct rdd *d);
 
 /* Scratch buffers shared by the single-threaded loop. */
 extern uint8_t rdd_rxbuf[];

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <systemd/sd-daemon.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -56,6 +57,56 @@ static bool socket_is_live(const struct sockaddr_un *sa, int salen)
 		    errno == EAGAIN;
 	close(fd);
 	return live;
+}
+
+static int add_listener(struct rdd *d, int fd)
+{
+	if (d->nlisten == RDD_LISTEN_MAX)
+		return -EMFILE;
+	struct epoll_event ev = { .events = EPOLLIN,
+				  .data.u64 = rdd_data(RDD_TAG_LISTEN, 0, d->nlisten) };
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+		return -errno;
+	d->listen_fds[d->nlisten++] = fd;
+	d->nfds++;
+	return 0;
+}
+
+int rdd_listen_activated(struct rdd *d)
+{
+	char **names = NULL;
+	int n = sd_listen_fds_with_names(1, &names);
+	if (n <= 0) {
+		if (n < 0)
+			log_err("LISTEN_FDS: %s", strerror(-n));
+		return n;
+	}
+	int taken = 0;
+	for (int i = 0; i < n; i++) {
+		int fd = SD_LISTEN_FDS_START + i;
+		const char *name = names && names[i] ? names[i] : "unknown";
+		if (sd_is_socket(fd, AF_UNIX, SOCK_SEQPACKET, 1) <= 0) {
+			log_warning("passed fd %d (%s) is not a listening AF_UNIX SOCK_SEQPACKET socket; "
+				    "closing it", fd, name);
+			close(fd);
+			continue;
+		}
+		int fl = fcntl(fd, F_GETFL);
+		if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+		    fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || add_listener(d, fd) < 0) {
+			log_err("cannot use passed fd %d (%s): %s", fd, name, strerror(errno));
+			close(fd);
+			continue;
+		}
+		log_info("listening on socket passed by systemd (fd %d, %s)", fd, name);
+		taken++;
+	}
+	if (names) {
+		for (int i = 0; i < n; i++)
+			free(names[i]);
+		free(names);
+	}
+	return taken > 0 ? taken : -EBADF;
 }
 
 int rdd_listen(struct rdd *d, const char *path)
@@ -111,14 +162,10 @@ int rdd_listen(struct rdd *d, const char *path)
 		log_err("listen %s: %s", path, strerror(-r));
 		goto out_unlink;
 	}
-	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = rdd_data(RDD_TAG_LISTEN, 0, 0) };
-	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-		r = -errno;
+	r = add_listener(d, fd);
+	if (r < 0)
 		goto out_unlink;
-	}
 	d->socket_path = strdup(path);
-	d->listen_fd = fd;
-	d->nfds++;
 	log_info("listening on %s", path);
 	return 0;
 
@@ -131,24 +178,26 @@ out_close:
 
 void rdd_listen_resume(struct rdd *d)
 {
-	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = rdd_data(RDD_TAG_LISTEN, 0, 0) };
-	if (d->listen_fd < 0 || epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->listen_fd, &ev) < 0)
-		return;
+	for (unsigned i = 0; i < d->nlisten; i++) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = rdd_data(RDD_TAG_LISTEN, 0, i) };
+		if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->listen_fds[i], &ev) < 0 && errno != EEXIST)
+			log_err("resuming listener: %s", strerror(errno));
+	}
 	d->accept_paused = false;
 	log_info("accepting connections again");
 }
 
 static void accept_pause(struct rdd *d)
 {
-	if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->listen_fd, NULL) == 0) {
-		d->accept_paused = true;
-		log_warning("out of file descriptors: not accepting until a client leaves");
-	}
+	for (unsigned i = 0; i < d->nlisten; i++)
+		epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->listen_fds[i], NULL);
+	d->accept_paused = true;
+	log_warning("out of file descriptors: not accepting until a client leaves");
 }
 
 /* Out of fds: give the reserve fd back to accept and close one pending connection, so
  * the listener does not stay readable and spin the loop. */
-static void accept_refuse_one(struct rdd *d)
+static void accept_refuse_one(struct rdd *d, int lfd)
 {
 	if (d->reserve_fd < 0) {
 		accept_pause(d);
@@ -156,17 +205,20 @@ static void accept_refuse_one(struct rdd *d)
 	}
 	close(d->reserve_fd);
 	d->reserve_fd = -1;
-	int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 	if (fd >= 0)
 		close(fd);
 	d->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	log_warning("out of file descriptors: refused a connection");
 }
 
-static void do_accept(struct rdd *d)
+static void do_accept(struct rdd *d, uint32_t idx)
 {
-	for (int i = 0; i < ACCEPT_BUDGET && d->listen_fd >= 0 && !d->accept_paused; i++) {
-		int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (idx >= d->nlisten)
+		return;
+	int lfd = d->listen_fds[idx];
+	for (int i = 0; i < ACCEPT_BUDGET && !d->accept_paused; i++) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			switch (errno) {
 			case EAGAIN:
@@ -179,7 +231,7 @@ static void do_accept(struct rdd *d)
 			case ENFILE:
 			case ENOBUFS:
 			case ENOMEM:
-				accept_refuse_one(d);
+				accept_refuse_one(d, lfd);
 				continue;
 			default:
 				log_err("accept: %s", strerror(errno));
@@ -259,12 +311,12 @@ static void service_dirty(struct rdd *d)
 /* Stop accepting, give every client its queued output once, then close everything. */
 static void shutdown_all(struct rdd *d)
 {
-	if (d->listen_fd >= 0) {
-		epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->listen_fd, NULL);
-		close(d->listen_fd);
-		d->listen_fd = -1;
+	for (unsigned i = 0; i < d->nlisten; i++) {
+		epoll_ctl(d->epfd, EPOLL_CTL_DEL, d->listen_fds[i], NULL);
+		close(d->listen_fds[i]);
 		d->nfds--;
 	}
+	d->nlisten = 0;
 	struct stat st;
 	if (d->socket_path && stat(d->socket_path, &st) == 0 && st.st_dev == bound_dev &&
 	    st.st_ino == bound_ino)
@@ -289,6 +341,7 @@ int rdd_run(struct rdd *d)
 		log_err("signals: %s", strerror(-r));
 		return r;
 	}
+	rdd_notify_ready(d);
 
 	while (!d->stopping) {
 		int timeout = d->dirty.n ? 0 : d->accept_paused ? 1000 : -1;
@@ -314,7 +367,10 @@ int rdd_run(struct rdd *d)
 				rdd_client_event(d, slot, gen, evs[i].events);
 				break;
 			case RDD_TAG_LISTEN:
-				do_accept(d);
+				do_accept(d, slot);
+				break;
+			case RDD_TAG_TIMER:
+				rdd_notify_tick(d);
 				break;
 			case RDD_TAG_SIGNAL:
 				handle_signal(d);
@@ -323,6 +379,7 @@ int rdd_run(struct rdd *d)
 		}
 		service_dirty(d);
 	}
+	rdd_notify_stopping(d);
 	shutdown_all(d);
 	return r;
 }
