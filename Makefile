@@ -43,7 +43,7 @@ UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
 INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-systemd
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
-.PHONY: all deps deps-test run check check-unit check-integration check-lib check-man tests clean
+.PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units tests clean
 all: $(BINS) $(LIBS) $(EXAMPLES)
 
 # Install what the build (deps) or the tests (deps-test) need, from Debian, when missing.
@@ -68,7 +68,7 @@ run: deps
 
 check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man
+	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units
 
 tests: $(TEST_BINS)
 
@@ -87,6 +87,19 @@ check-lib: $(B)/lib/libreadyd.so
 	$(CC) $(BASE) $(CFLAGS) -o $(B)/tests/link-shared tests/link_shared.c -L$(B)/lib -lreadyd
 	LD_LIBRARY_PATH=$(B)/lib $(B)/tests/link-shared
 	@echo "libreadyd.so: exports and soname ok"
+
+# The units verify (with ExecStart pointed at the build), and the system service's
+# sandbox scores within the threshold of systemd-analyze security.
+check-units: $(B)/bin/readyd
+	@set -eo pipefail; t=$$(mktemp -d); trap 'rm -rf $$t' EXIT; mkdir -p $$t/system $$t/user $$t/rt; \
+	for u in readyd.socket readyd.service; do \
+		sed "s|/usr/sbin/readyd|$(abspath $(B)/bin/readyd)|" systemd/$$u > $$t/system/$$u; \
+		sed "s|/usr/sbin/readyd|$(abspath $(B)/bin/readyd)|" systemd/user/$$u > $$t/user/$$u; \
+	done; \
+	systemd-analyze verify --man=no $$t/system/readyd.socket $$t/system/readyd.service; \
+	XDG_RUNTIME_DIR=$$t/rt systemd-analyze --user verify --man=no $$t/user/readyd.socket $$t/user/readyd.service; \
+	systemd-analyze security --offline=true --threshold=10 systemd/readyd.service | tail -1
+	@echo "units: verified"
 
 # Every page renders without a warning (link pages, which only .so another, excepted).
 check-man:
