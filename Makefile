@@ -43,7 +43,7 @@ UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
 INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-systemd
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
-.PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units tests clean
+.PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean
 all: $(BINS) $(LIBS) $(EXAMPLES)
 
 # Install what the build (deps) or the tests (deps-test) need, from Debian, when missing.
@@ -68,7 +68,7 @@ run: deps
 
 check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units
+	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-systemd
 
 tests: $(TEST_BINS)
 
@@ -87,6 +87,11 @@ check-lib: $(B)/lib/libreadyd.so
 	$(CC) $(BASE) $(CFLAGS) -o $(B)/tests/link-shared tests/link_shared.c -L$(B)/lib -lreadyd
 	LD_LIBRARY_PATH=$(B)/lib $(B)/tests/link-shared
 	@echo "libreadyd.so: exports and soname ok"
+
+# readyd under a real systemd user manager in a private mount namespace (SKIP if the
+# machine cannot run one).
+check-systemd: $(BINS) $(EXAMPLES)
+	tests/systemd-user.sh $(B)
 
 # The units verify (with ExecStart pointed at the build), and the system service's
 # sandbox scores within the threshold of systemd-analyze security.

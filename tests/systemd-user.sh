@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# readyd under a real systemd: a user manager in a private mount namespace (DESIGN.md,
+# "Testing with a real systemd"), running the units from systemd/user/ with ExecStart
+# pointed at the build. Cases: activation on the first connect, READY and STATUS seen
+# by systemctl, and a watchdog restart of a stalled daemon.
+#
+#   tests/systemd-user.sh [BUILD_DIR]
+#
+# Prints SKIP and the reason where the machine cannot run it (not root, no systemd).
+set -u
+here=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "${1:-$here/build}" && pwd)
+
+skip() { echo "SKIP: systemd-user: $*"; exit 0; }
+
+if [ "${READYD_SD_INNER:-}" != 1 ]; then
+	[ "$(id -u)" = 0 ] || skip "needs root (a private mount namespace and a cgroup of its own)"
+	command -v systemd >/dev/null || [ -x /lib/systemd/systemd ] || skip "systemd is not installed"
+	command -v unshare >/dev/null || skip "unshare is not installed"
+	if [ -d /sys/fs/cgroup/systemd ]; then
+		cg=/sys/fs/cgroup/systemd/readyd-test-$$
+	elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+		cg=/sys/fs/cgroup/readyd-test-$$
+	else
+		skip "no systemd cgroup hierarchy to run a user manager in"
+	fi
+	mkdir -p "$cg" || skip "cannot create cgroup $cg"
+	READYD_SD_INNER=1 READYD_SD_CGROUP=$cg unshare -m "$0" "$build"
+	rc=$?
+	# Everything the manager started is gone with it; the cgroup is empty again.
+	for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+	rmdir "$cg" 2>/dev/null
+	exit $rc
+fi
+
+# Inside the namespace: our own /run, our own cgroup, our own user manager.
+mount --make-rprivate / 2>/dev/null
+mount -t tmpfs tmpfs /run || { echo "not ok - cannot mount a private /run"; exit 1; }
+mkdir -p /run/systemd/system /run/user/0 && chmod 700 /run/user/0
+echo $$ > "$READYD_SD_CGROUP/cgroup.procs"
+export XDG_RUNTIME_DIR=/run/user/0
+HOME=$(mktemp -d) && export HOME
+units=$HOME/.config/systemd/user
+mkdir -p "$units/readyd.service.d"
+for u in readyd.socket readyd.service; do
+	sed "s|/usr/sbin/readyd|$build/bin/readyd|" "$here/systemd/user/$u" > "$units/$u"
+done
+# The tests shorten the watchdog so a stall is noticed quickly.
+printf '[Service]\nWatchdogSec=1s\nRestartSec=100ms\n' > "$units/readyd.service.d/test.conf"
+
+sdbin=$(command -v systemd || echo /lib/systemd/systemd)
+"$sdbin" --user > "$HOME/manager.log" 2>&1 &
+manager=$!
+trap 'kill "$manager" 2>/dev/null; wait "$manager" 2>/dev/null; rm -rf "$HOME"' EXIT
+
+pass=0 fail=0
+ok() { echo "ok - $*"; pass=$((pass + 1)); }
+notok() { echo "not ok - $*"; fail=$((fail + 1)); }
+# wait_for N COMMAND...: retry COMMAND up to N times, 100 ms apart.
+wait_for() { local n=$1; shift; for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
+prop() { systemctl --user show readyd.service -p "$1" --value; }
+status_has() { prop StatusText | grep -q "$1"; }
+is_active() { [ "$(prop ActiveState)" = active ]; }
+replaced() { local p; p=$(prop MainPID); [ "$p" != "$1" ] && [ "$p" != 0 ]; }
+sock=/run/user/0/readyd.sock
+
+wait_for 100 systemctl --user is-system-running || { echo "not ok - user manager did not start"; cat "$HOME/manager.log"; exit 1; }
+systemctl --user daemon-reload
+systemctl --user start readyd.socket
+
+# 1. Socket activation on the first connect.
+if [ "$(prop ActiveState)" = inactive ] && [ -S "$sock" ] &&
+	"$build/bin/readyctl" --socket "$sock" status >/dev/null &&
+	wait_for 50 is_active; then
+	ok "the first connect starts readyd.service"
+else
+	notok "socket activation (state $(prop ActiveState))"
+fi
+
+# 2. READY and STATUS as systemctl sees them, following a client that holds one
+#    registration (the echo server registers its listening socket).
+"$build/bin/echo-server" --socket "$sock" --port 0 > "$HOME/echo.out" &
+echo_pid=$!
+if wait_for 50 status_has "Serving 1 client, 1 registration" &&
+	systemctl --user status readyd.service --no-pager | grep -q 'Status: "Serving 1 client'; then
+	ok "READY=1 and STATUS= in systemctl --user status"
+else
+	notok "status text: '$(prop StatusText)'"
+fi
+kill "$echo_pid"; wait "$echo_pid" 2>/dev/null
+
+# 3. A stalled loop misses its keep-alive: the watchdog kills readyd and systemd starts
+#    it again, and the socket keeps serving.
+old=$(prop MainPID)
+kill -STOP "$old"
+if wait_for 100 replaced "$old" &&
+	wait_for 50 "$build/bin/readyctl" --socket "$sock" status &&
+	[ "$(prop NRestarts)" -ge 1 ]; then
+	ok "watchdog restarts a stalled daemon (pid $old -> $(prop MainPID))"
+else
+	notok "watchdog restart (MainPID $(prop MainPID), was $old, NRestarts $(prop NRestarts))"
+	systemctl --user status readyd.service --no-pager | tail -5
+fi
+kill -9 "$old" 2>/dev/null
+
+systemctl --user stop readyd.socket readyd.service
+echo "systemd-user: $pass passed, $fail failed"
+[ "$fail" = 0 ]
