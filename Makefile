@@ -25,7 +25,7 @@ VERSION   := 1.0.0
 
 PROTO_SRC  := proto/rdp.c proto/rdp_io.c proto/rdp_path.c
 DAEMON_SRC := daemon/main.c daemon/server.c daemon/client.c daemon/registry.c \
-              daemon/control.c daemon/config.c daemon/log.c daemon/notify.c
+              daemon/control.c daemon/config.c daemon/log.c daemon/notify.c daemon/reload.c
 LIB_SRC    := client/readyd.c
 CTL_SRC    := client/readyctl.c
 

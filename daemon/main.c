@@ -106,8 +106,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "readyd: %s: %s\n", cpath, err);
 		return 1;
 	}
-	rdd_log_set_level(level >= 0 ? level : cfg.log_level >= 0 ? cfg.log_level : RDD_LOG_INFO);
-
 	char defpath[108];
 	if (!socket_path)
 		socket_path = cfg.socket;
@@ -119,30 +117,22 @@ int main(int argc, char **argv)
 		socket_path = defpath;
 	}
 
-	rlim_t nofile = raise_nofile();
 	struct rdd d = {
 		.epfd = -1,
 		.sigfd = -1,
 		.timer_fd = -1,
 		.reserve_fd = -1,
-		.lim = {
-			.regs_per_client = cfg.regs_per_client ? cfg.regs_per_client : RDD_DEFAULT_REGS_PER_CLIENT,
-			.clients_per_uid = cfg.clients_per_uid ? cfg.clients_per_uid : RDD_DEFAULT_CLIENTS_PER_UID,
-			.max_fds = (uint32_t)(nofile > RDD_FD_RESERVE + 16 ? nofile - RDD_FD_RESERVE : 16),
-			.out_max = cfg.out_max ? cfg.out_max : RDD_OUT_MAX,
-			.req_budget = 64,
-			.event_budget = 4,
-		},
+		.lim = { .req_budget = 64, .event_budget = 4 },
 		.nfds = 3, /* stdin, stdout, stderr */
+		.config_path = cpath,
+		.config_required = config_path != NULL,
+		.cmdline_log_level = level,
 		.start_usec = rdd_now_usec(CLOCK_MONOTONIC),
 	};
-	if (cfg.max_fds) {
-		if (cfg.max_fds > d.lim.max_fds)
-			log_warning("limits.max_fds %u is above RLIMIT_NOFILE less %u; using %u",
-				    cfg.max_fds, RDD_FD_RESERVE, d.lim.max_fds);
-		else
-			d.lim.max_fds = cfg.max_fds;
-	}
+	/* The log level first, so that raising the fd limit logs at the right level. */
+	rdd_log_set_level(level >= 0 ? level : cfg.log_level >= 0 ? cfg.log_level : RDD_LOG_INFO);
+	d.nofile = raise_nofile();
+	rdd_config_apply(&d, &cfg);
 	rdd_slab_init(&d.slab);
 
 	int rc = 1;

@@ -80,6 +80,14 @@ void rdd_notify_ready(struct rdd *d)
 		log_warning("sd_notify READY: %s", strerror(-r));
 }
 
+void rdd_notify_reloading(struct rdd *d)
+{
+	(void)d;
+	if (enabled())
+		(void)sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading configuration",
+				 (unsigned long long)rdd_now_usec(CLOCK_MONOTONIC));
+}
+
 void rdd_notify_tick(struct rdd *d)
 {
 	uint64_t expirations;

@@ -104,6 +104,10 @@ struct rdd {
 	struct rdd_worklist spare;
 	bool stopping;
 	bool accept_paused;   /* listener removed from epoll after EMFILE; retried later */
+	const char *config_path;  /* read again on SIGHUP */
+	bool config_required;     /* given with --config: a missing file is an error */
+	int cmdline_log_level;    /* --log-level, which a config never overrides; or -1 */
+	uint64_t nofile;          /* RLIMIT_NOFILE after raising it */
 	uint64_t start_usec;  /* CLOCK_MONOTONIC */
 	uint64_t events_delivered;
 	uint64_t accepted;
@@ -130,10 +134,16 @@ void rdd_listen_resume(struct rdd *d);
 int rdd_run(struct rdd *d);
 uint64_t rdd_now_usec(int clock);
 
+/* reload.c: the configuration file, applied at start and again on SIGHUP. */
+struct rdd_config;
+void rdd_config_apply(struct rdd *d, const struct rdd_config *cfg);
+void rdd_reload(struct rdd *d);
+
 /* notify.c: sd_notify(3) to the service manager; everything is a no-op without
  * NOTIFY_SOCKET. */
 int rdd_notify_init(struct rdd *d);
 void rdd_notify_ready(struct rdd *d);
+void rdd_notify_reloading(struct rdd *d);
 void rdd_notify_tick(struct rdd *d);
 void rdd_notify_stopping(struct rdd *d);
 

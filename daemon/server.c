@@ -262,7 +262,8 @@ static void handle_signal(struct rdd *d)
 			d->stopping = true;
 			break;
 		case SIGHUP:
-			log_notice("SIGHUP: configuration reload is not supported in this version; ignored");
+			log_info("SIGHUP: reloading %s", d->config_path);
+			rdd_reload(d);
 			break;
 		default:
 			break;

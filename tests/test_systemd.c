@@ -190,6 +190,76 @@ static void test_sd_notify(void **state)
 	close(n);
 }
 
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+/* SIGHUP reloads the config: RELOADING=1 (with MONOTONIC_USEC), then READY=1. A bad file
+ * leaves the running configuration in force and the daemon up; a good one applies. */
+static void test_reload(void **state)
+{
+	(void)state;
+	char nsock[96], sock[96], cfg[96], buf[512];
+	snprintf(nsock, sizeof(nsock), "%s/notify", dir_);
+	snprintf(sock, sizeof(sock), "%s/readyd.sock", dir_);
+	snprintf(cfg, sizeof(cfg), "%s/readyd.json", dir_);
+	write_file(cfg, "{\"limits\": {\"registrations_per_client\": 2}}");
+	int n = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", nsock);
+	assert_int_equal(bind(n, (struct sockaddr *)&sa, sizeof(sa)), 0);
+
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		setenv("NOTIFY_SOCKET", nsock, 1);
+		for (int fd = 3; fd < 1024; fd++)
+			close(fd);
+		execl(readyd_bin(), readyd_bin(), "--socket", sock, "--config", cfg, "--log-level",
+		      "err", (char *)NULL);
+		_exit(127);
+	}
+	assert_true(notify_expect(n, "READY=1", buf, sizeof(buf)));
+	rd_client *c = NULL;
+	assert_int_equal(rd_open(&c, sock), 0);
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	assert_int_equal(rd_add(c, p[0], 1, RD_READABLE, 0), 0);
+	assert_int_equal(rd_add(c, p[0], 2, RD_READABLE, 0), 0);
+	assert_int_equal(rd_add(c, p[0], 3, RD_READABLE, 0), -ENOSPC);
+
+	/* A broken file: the old limit stays, and so does the daemon and its client. */
+	write_file(cfg, "{\"limits\": {\"registrations_per_client\": 3,}}");
+	kill(pid, SIGHUP);
+	assert_true(notify_expect(n, "RELOADING=1", buf, sizeof(buf)));
+	assert_non_null(strstr(buf, "MONOTONIC_USEC="));
+	assert_true(notify_expect(n, "READY=1", buf, sizeof(buf)));
+	assert_int_equal(rd_add(c, p[0], 3, RD_READABLE, 0), -ENOSPC);
+
+	/* A good file applies to what comes next. */
+	write_file(cfg, "{\"limits\": {\"registrations_per_client\": 3}}");
+	kill(pid, SIGHUP);
+	assert_true(notify_expect(n, "RELOADING=1", buf, sizeof(buf)));
+	assert_true(notify_expect(n, "READY=1", buf, sizeof(buf)));
+	assert_int_equal(rd_add(c, p[0], 3, RD_READABLE, 0), 0);
+	assert_int_equal(rd_add(c, p[0], 4, RD_READABLE, 0), -ENOSPC);
+
+	rd_close(c);
+	close(p[0]);
+	close(p[1]);
+	kill(pid, SIGTERM);
+	int ws;
+	assert_int_equal(waitpid(pid, &ws, 0), pid);
+	assert_true(WIFEXITED(ws));
+	assert_int_equal(WEXITSTATUS(ws), 0);
+	close(n);
+}
+
 /* Without NOTIFY_SOCKET nothing is sent and no timer runs: the daemon's only fds are
  * stdio, epoll, signalfd, the reserve and its listener. */
 static void test_no_notify_socket_no_timer(void **state)
@@ -218,6 +288,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_socket_activation, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sd_notify, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_notify_socket_no_timer, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("systemd", tests, NULL, NULL);
