@@ -130,7 +130,9 @@ int main(int argc, char **argv)
 	int rc = EXIT_OK;
 	if (json) {
 		printf("%s\n", reply);
-		rc = strstr(reply, "\"ok\":true") ? EXIT_OK : EXIT_FAIL;
+		json_t *j = json_loads(reply, 0, NULL);
+		rc = j && json_is_true(json_object_get(j, "ok")) ? EXIT_OK : EXIT_FAIL;
+		json_decref(j);
 	} else
 		rc = print_status(reply);
 	free(reply);

@@ -372,9 +372,11 @@ static void chunk_fill(uint16_t type, struct rd_entry *e, size_t n, size_t *next
 }
 
 /* sendmsg said EBADF: find the closed fds (only on this rare path), give them -EBADF,
- * and keep the rest of the request. */
-static void chunk_drop_bad_fds(struct rd_entry *e, struct chunk *ch)
+ * and keep the rest of the request. Returns false when every fd is fine: then the bad
+ * fd is the connection itself. */
+static bool chunk_drop_bad_fds(struct rd_entry *e, struct chunk *ch)
 {
+	uint32_t before = ch->n;
 	uint32_t w = 0;
 	for (uint32_t i = 0; i < ch->n; i++) {
 		struct rd_entry *x = &e[ch->idx[i]];
@@ -384,6 +386,7 @@ static void chunk_drop_bad_fds(struct rd_entry *e, struct chunk *ch)
 			ch->idx[w++] = ch->idx[i];
 	}
 	ch->n = w;
+	return w < before;
 }
 
 struct tok_mask {
@@ -448,10 +451,8 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 			chunk_fill(type, e, n, &next, ch);
 			ch->id = new_id(c);
 			int r = ch->n ? send_chunk(c, type, e, ch) : 0;
-			while (r == -EBADF && type == RDP_MSG_ADD) {
-				chunk_drop_bad_fds(e, ch);
+			while (r == -EBADF && type == RDP_MSG_ADD && chunk_drop_bad_fds(e, ch))
 				r = ch->n ? send_chunk(c, type, e, ch) : 0;
-			}
 			if (r == -ETOOMANYREFS) {
 				/* More of our fds in flight than RLIMIT_NOFILE allows: let the
 				 * daemon take what is sent, then retry. Alone, it cannot go. */

@@ -81,7 +81,10 @@ int rd_rearm(rd_client *c, uint64_t token);
 
 /* Batched forms: 'n' entries, any number, in as few round trips as the protocol allows
  * (253 entries per request, requests pipelined). Return the number of entries whose
- * status is 0, or -errno when the call as a whole failed (then statuses are not set). */
+ * status is 0, or -errno when the call as a whole failed (the connection is then lost,
+ * and statuses are meaningful only for requests answered before). An entry the library
+ * can tell is bad (fd < 0 or closed: -EBADF; reserved bits: -EINVAL) gets its status
+ * without being sent, and the rest of the batch goes on. */
 int rd_add_batch(rd_client *c, struct rd_entry *e, size_t n);
 int rd_modify_batch(rd_client *c, struct rd_entry *e, size_t n);
 int rd_delete_batch(rd_client *c, struct rd_entry *e, size_t n);

@@ -117,12 +117,8 @@ int rdd_client_new(struct rdd *d, int fd)
 		log_warning("SO_PEERCRED on a new connection: %s", strerror(-r));
 		goto out_close_fd;
 	}
-	struct rdd_uid_count *u = uid_slot(d, cred.uid, true);
-	if (!u) {
-		r = -ENOMEM;
-		goto out_close_fd;
-	}
-	if (u->n >= d->lim.clients_per_uid) {
+	struct rdd_uid_count *u = uid_slot(d, cred.uid, false);
+	if (u && u->n >= d->lim.clients_per_uid) {
 		char text[128];
 		snprintf(text, sizeof(text), "too many connections for uid %u (limit %u)",
 			 (unsigned)cred.uid, d->lim.clients_per_uid);
@@ -176,9 +172,17 @@ int rdd_client_new(struct rdd *d, int fd)
 		.events = EPOLLIN | EPOLLRDHUP | EPOLLET,
 		.data.u64 = rdd_data(RDD_TAG_CLIENT, c->gen, slot),
 	};
+	/* The uid is counted from here on; created last so no failure leaves it behind. */
+	u = uid_slot(d, cred.uid, true);
+	if (!u) {
+		r = -ENOMEM;
+		goto out_free;
+	}
 	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		r = -errno;
 		log_err("epoll_ctl ADD client: %s", strerror(-r));
+		if (u->n == 0)
+			*u = d->uids[--d->nuids];
 		goto out_free;
 	}
 	d->clients[slot] = c;

@@ -143,8 +143,14 @@ int main(int argc, char **argv)
 	}
 	d.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	d.nfds += 2;
+	/* Signals before the socket: a SIGTERM during startup is a clean stop. */
+	int r = rdd_signals_init(&d);
+	if (r < 0) {
+		log_err("signals: %s", strerror(-r));
+		goto finish;
+	}
 	/* Sockets passed by systemd take precedence over binding our own. */
-	int r = rdd_listen_activated(&d);
+	r = rdd_listen_activated(&d);
 	if (r < 0)
 		goto finish;
 	if (r == 0 && rdd_listen(&d, socket_path) < 0)

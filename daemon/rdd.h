@@ -131,6 +131,8 @@ int rdd_listen(struct rdd *d, const char *path);
 /* Take the sockets systemd passed (LISTEN_FDS). Returns how many, or -errno. */
 int rdd_listen_activated(struct rdd *d);
 void rdd_listen_resume(struct rdd *d);
+/* Block SIGTERM, SIGINT and SIGHUP and take them through a signalfd in the loop. */
+int rdd_signals_init(struct rdd *d);
 int rdd_run(struct rdd *d);
 uint64_t rdd_now_usec(int clock);
 

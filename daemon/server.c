@@ -271,7 +271,7 @@ static void handle_signal(struct rdd *d)
 	}
 }
 
-static int setup_signals(struct rdd *d)
+int rdd_signals_init(struct rdd *d)
 {
 	sigset_t mask;
 	sigemptyset(&mask);
@@ -337,11 +337,8 @@ static void shutdown_all(struct rdd *d)
 int rdd_run(struct rdd *d)
 {
 	struct epoll_event evs[EPOLL_BATCH];
-	int r = setup_signals(d);
-	if (r < 0) {
-		log_err("signals: %s", strerror(-r));
-		return r;
-	}
+	int r = 0;
+
 	rdd_notify_ready(d);
 
 	while (!d->stopping) {
