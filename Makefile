@@ -40,7 +40,7 @@ LIBS := $(B)/lib/libreadyd.so.$(SOVERSION) $(B)/lib/libreadyd.so $(B)/lib/librea
 EXAMPLES := $(B)/bin/echo-server
 
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
-INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-systemd
+INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-systemd
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
 .PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean

@@ -81,7 +81,12 @@ int rdt_daemon_start(struct rdt_daemon *d, const char *config_json)
 	for (int i = 0; i < 500; i++) {
 		int fd = rdt_connect(d->sock);
 		if (fd >= 0) {
+			/* A full HELLO round trip: the daemon has accepted the probe, so the
+			 * idle count below is not taken before the probe is even counted. */
+			int r = rdt_hello(fd);
 			close(fd);
+			if (r < 0)
+				return r;
 			/* Let the daemon see the probe's hang-up before tests count fds. */
 			if (rdt_wait_fds(pid, rdt_idle_fds(pid)) != rdt_idle_fds(pid))
 				return -EBUSY;
