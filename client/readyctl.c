@@ -1,10 +1,12 @@
-/* readyctl: ask a running readyd what it is doing, through the control plane. */
+/* readyctl: ask a running readyd what it is doing, and act on it, through the control
+ * plane (CONTROL messages with JSON bodies; see readyd-protocol(7)). */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "readyd.h"
 
@@ -12,15 +14,20 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
 
 static void usage(FILE *f)
 {
-	fprintf(f, "Usage: readyctl [--socket PATH] COMMAND [--json]\n"
-		   "Inspect a running readyd.\n"
+	fprintf(f, "Usage: readyctl [--socket PATH] [--json] COMMAND [ARG]\n"
+		   "Inspect and administer a running readyd.\n"
 		   "\n"
 		   "Commands:\n"
-		   "  status        version, pid, uptime, clients, registrations, events delivered\n"
+		   "  status                  version, pid, uptime, clients, registrations, events\n"
+		   "  clients                 connected clients (yours; everyone's for admins)\n"
+		   "  registrations [CLIENT]  a client's registrations (default: every client shown\n"
+		   "                          by 'clients')\n"
+		   "  limits                  the limits in force\n"
+		   "  disconnect CLIENT       close a client's connection (admins only)\n"
 		   "\n"
 		   "Options:\n"
 		   "  -s, --socket PATH  the daemon's socket (default: as readyd resolves it)\n"
-		   "  -j, --json         print the daemon's JSON answer\n"
+		   "  -j, --json         print the daemon's JSON answer(s), one per line\n"
 		   "  -h, --help         show this help and exit\n"
 		   "  -V, --version      show the version and exit\n"
 		   "\n"
@@ -29,42 +36,224 @@ static void usage(FILE *f)
 		   "See readyctl(1).\n");
 }
 
-static void print_uptime(json_int_t usec)
-{
-	long long s = (long long)(usec / 1000000);
-	if (s >= 86400)
-		printf("%lldd %02lldh %02lldm %02llds\n", s / 86400, s % 86400 / 3600, s % 3600 / 60, s % 60);
-	else
-		printf("%02lldh %02lldm %02llds\n", s / 3600, s % 3600 / 60, s % 60);
-}
+static rd_client *conn;
+static int json_out;
 
-static int print_status(const char *json)
+/* Send one request; returns the parsed answer when it says "ok", else prints the error
+ * and returns NULL with *rc set. */
+static json_t *ask(json_t *req, int *rc)
 {
-	json_error_t err;
-	json_t *j = json_loads(json, 0, &err);
+	char *text = json_dumps(req, JSON_COMPACT), *reply = NULL;
+	json_decref(req);
+	if (!text) {
+		*rc = EXIT_FAIL;
+		return NULL;
+	}
+	int r = rd_control(conn, text, &reply);
+	free(text);
+	if (r < 0) {
+		fprintf(stderr, "readyctl: %s\n", strerror(-r));
+		*rc = EXIT_FAIL;
+		return NULL;
+	}
+	json_t *j = json_loads(reply, 0, NULL);
+	if (json_out)
+		printf("%s\n", reply);
+	free(reply);
 	if (!j) {
-		fprintf(stderr, "readyctl: bad answer from readyd: %s\n", err.text);
-		return EXIT_FAIL;
+		fprintf(stderr, "readyctl: the daemon's answer is not JSON\n");
+		*rc = EXIT_FAIL;
+		return NULL;
 	}
 	if (!json_is_true(json_object_get(j, "ok"))) {
 		const char *e = json_string_value(json_object_get(j, "error"));
 		fprintf(stderr, "readyctl: readyd: %s\n", e ? e : "request failed");
 		json_decref(j);
-		return EXIT_FAIL;
+		*rc = EXIT_FAIL;
+		return NULL;
 	}
-	printf("version:          %s (protocol %lld)\n",
-	       json_string_value(json_object_get(j, "version")),
-	       (long long)json_integer_value(json_object_get(j, "protocol")));
-	printf("pid:              %lld\n", (long long)json_integer_value(json_object_get(j, "pid")));
+	return j;
+}
+
+static long long num(json_t *o, const char *key)
+{
+	return (long long)json_integer_value(json_object_get(o, key));
+}
+
+static void print_duration(long long s)
+{
+	if (s >= 86400)
+		printf("%lldd %02lldh %02lldm %02llds", s / 86400, s % 86400 / 3600, s % 3600 / 60, s % 60);
+	else
+		printf("%02lldh %02lldm %02llds", s / 3600, s % 3600 / 60, s % 60);
+}
+
+static int cmd_status(void)
+{
+	int rc = EXIT_OK;
+	json_t *j = ask(json_pack("{s:s}", "command", "status"), &rc);
+	if (!j || json_out)
+		goto out;
+	printf("version:          %s (protocol %lld)\n", json_string_value(json_object_get(j, "version")),
+	       num(j, "protocol"));
+	printf("pid:              %lld\n", num(j, "pid"));
 	printf("uptime:           ");
-	print_uptime(json_integer_value(json_object_get(j, "uptime_usec")));
-	printf("clients:          %lld\n", (long long)json_integer_value(json_object_get(j, "clients")));
-	printf("registrations:    %lld\n",
-	       (long long)json_integer_value(json_object_get(j, "registrations")));
-	printf("events delivered: %lld\n",
-	       (long long)json_integer_value(json_object_get(j, "events_delivered")));
+	print_duration(num(j, "uptime_usec") / 1000000);
+	printf("\nclients:          %lld\n", num(j, "clients"));
+	printf("registrations:    %lld\n", num(j, "registrations"));
+	printf("events delivered: %lld\n", num(j, "events_delivered"));
+out:
 	json_decref(j);
-	return EXIT_OK;
+	return rc;
+}
+
+static int cmd_limits(void)
+{
+	int rc = EXIT_OK;
+	json_t *j = ask(json_pack("{s:s}", "command", "limits"), &rc);
+	if (!j || json_out)
+		goto out;
+	printf("registrations per client: %lld\n", num(j, "registrations_per_client"));
+	printf("clients per uid:          %lld\n", num(j, "clients_per_uid"));
+	printf("fds (in use / limit):     %lld / %lld\n", num(j, "fds_in_use"), num(j, "max_fds"));
+	printf("queued output per client: %lld bytes\n", num(j, "output_bytes_per_client"));
+	printf("message size:             %lld bytes\n", num(j, "message_bytes"));
+	printf("entries per request:      %lld\n", num(j, "batch_entries"));
+	printf("events per message:       %lld\n", num(j, "events_per_message"));
+out:
+	json_decref(j);
+	return rc;
+}
+
+static json_t *get_clients(int *rc)
+{
+	return ask(json_pack("{s:s}", "command", "clients"), rc);
+}
+
+static int cmd_clients(void)
+{
+	int rc = EXIT_OK;
+	json_t *j = get_clients(&rc);
+	if (!j || json_out)
+		goto out;
+	size_t i;
+	json_t *c;
+	time_t now = time(NULL);
+	printf("%6s %8s %6s %-15s %8s %8s %12s  %s\n", "ID", "PID", "UID", "COMMAND", "REGS", "QUEUED",
+	       "DELIVERED", "CONNECTED");
+	json_array_foreach(json_object_get(j, "clients"), i, c) {
+		long long since = num(c, "connected_since_usec") / 1000000;
+		printf("%6lld %8lld %6lld %-15s %8lld %8lld %12lld  ", num(c, "id"), num(c, "pid"),
+		       num(c, "uid"), json_string_value(json_object_get(c, "comm")),
+		       num(c, "registrations"), num(c, "queued_events"), num(c, "events_delivered"));
+		print_duration(now > since ? now - since : 0);
+		printf(" ago%s\n", json_is_true(json_object_get(c, "self")) ? " (this readyctl)" : "");
+	}
+out:
+	json_decref(j);
+	return rc;
+}
+
+static void print_bits(json_t *a)
+{
+	size_t i;
+	json_t *b;
+	char line[128] = "";
+	json_array_foreach(a, i, b) {
+		if (i)
+			strncat(line, ",", sizeof(line) - strlen(line) - 1);
+		strncat(line, json_string_value(b), sizeof(line) - strlen(line) - 1);
+	}
+	printf(" %-28s", line[0] ? line : "-");
+}
+
+/* One client's registrations, page by page. */
+static int show_registrations(long long id, int *header)
+{
+	int rc = EXIT_OK;
+	json_int_t offset = 0;
+	do {
+		json_t *j = ask(json_pack("{s:s, s:I, s:I}", "command", "registrations", "client",
+					  (json_int_t)id, "offset", offset),
+				&rc);
+		if (!j)
+			return rc;
+		if (!json_out) {
+			if (!*header) {
+				printf("%6s %20s %-12s %-24s %-8s %-28s %10s\n", "CLIENT", "TOKEN",
+				       "FD TYPE", "INTEREST", "MODE", "PENDING", "TICK");
+				*header = 1;
+			}
+			size_t i;
+			json_t *r;
+			json_array_foreach(json_object_get(j, "registrations"), i, r) {
+				printf("%6lld %20s %-12s", id, json_string_value(json_object_get(r, "token")),
+				       json_string_value(json_object_get(r, "fd_type")));
+				char in[64] = "";
+				size_t k;
+				json_t *b;
+				json_array_foreach(json_object_get(r, "interest"), k, b) {
+					if (k)
+						strcat(in, ",");
+					strncat(in, json_string_value(b), sizeof(in) - strlen(in) - 2);
+				}
+				printf(" %-24s %-8s", in, json_string_value(json_object_get(r, "mode")));
+				print_bits(json_object_get(r, "pending"));
+				printf(" %10lld\n", num(r, "tick"));
+			}
+		}
+		json_t *next = json_object_get(j, "next_offset");
+		offset = json_is_integer(next) ? json_integer_value(next) : -1;
+		json_decref(j);
+	} while (offset > 0);
+	return rc;
+}
+
+static int cmd_registrations(const char *arg)
+{
+	int header = 0;
+	if (arg) {
+		char *end;
+		long long id = strtoll(arg, &end, 10);
+		if (*end || id <= 0) {
+			fprintf(stderr, "readyctl: CLIENT must be a client id, as 'readyctl clients' shows\n");
+			return EXIT_USAGE;
+		}
+		return show_registrations(id, &header);
+	}
+	int saved = json_out, rc = EXIT_OK;
+	json_out = 0; /* the client list is a means here, not an answer to print */
+	json_t *j = get_clients(&rc);
+	json_out = saved;
+	if (!j)
+		return rc;
+	size_t i;
+	json_t *c;
+	json_array_foreach(json_object_get(j, "clients"), i, c) {
+		if (json_is_true(json_object_get(c, "self")))
+			continue;
+		int r = show_registrations(num(c, "id"), &header);
+		if (r != EXIT_OK)
+			rc = r;
+	}
+	json_decref(j);
+	return rc;
+}
+
+static int cmd_disconnect(const char *arg)
+{
+	char *end;
+	long long id = arg ? strtoll(arg, &end, 10) : 0;
+	if (!arg || *end || id <= 0) {
+		fprintf(stderr, "readyctl: disconnect needs a client id, as 'readyctl clients' shows\n");
+		return EXIT_USAGE;
+	}
+	int rc = EXIT_OK;
+	json_t *j = ask(json_pack("{s:s, s:I}", "command", "disconnect", "client", (json_int_t)id), &rc);
+	if (j && !json_out)
+		printf("disconnected client %lld\n", id);
+	json_decref(j);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -77,7 +266,7 @@ int main(int argc, char **argv)
 		{ 0 },
 	};
 	const char *path = NULL;
-	int json = 0, o;
+	int o;
 
 	while ((o = getopt_long(argc, argv, "s:jhV", opts, NULL)) != -1) {
 		switch (o) {
@@ -85,7 +274,7 @@ int main(int argc, char **argv)
 			path = optarg;
 			break;
 		case 'j':
-			json = 1;
+			json_out = 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -98,21 +287,27 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
-	if (optind != argc - 1) {
-		fprintf(stderr, "readyctl: %s\n", optind == argc ? "missing command" : "too many arguments");
+	if (optind == argc) {
+		fprintf(stderr, "readyctl: missing command\n");
 		usage(stderr);
 		return EXIT_USAGE;
 	}
 	const char *cmd = argv[optind];
-	if (strcmp(cmd, "status") != 0) {
-		fprintf(stderr, "readyctl: unknown command '%s'\n", cmd);
+	const char *arg = optind + 1 < argc ? argv[optind + 1] : NULL;
+	int max_args = strcmp(cmd, "registrations") == 0 || strcmp(cmd, "disconnect") == 0 ? 2 : 1;
+	static const char *const known[] = { "status", "clients", "registrations", "limits",
+					     "disconnect" };
+	int ok = 0;
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		ok |= strcmp(cmd, known[i]) == 0;
+	if (!ok || argc - optind > max_args) {
+		fprintf(stderr, "readyctl: %s '%s'\n", ok ? "too many arguments for" : "unknown command", cmd);
 		usage(stderr);
 		return EXIT_USAGE;
 	}
 
-	rd_client *c;
 	char shown[108];
-	int r = rd_open(&c, path);
+	int r = rd_open(&conn, path);
 	if (r < 0) {
 		if (!path && rd_default_socket_path(shown, sizeof(shown)) >= 0)
 			path = shown;
@@ -120,21 +315,17 @@ int main(int argc, char **argv)
 			strerror(-r));
 		return EXIT_CONNECT;
 	}
-	char *reply = NULL;
-	r = rd_control(c, "{\"command\":\"status\"}", &reply);
-	rd_close(c);
-	if (r < 0) {
-		fprintf(stderr, "readyctl: status: %s\n", strerror(-r));
-		return EXIT_FAIL;
-	}
-	int rc = EXIT_OK;
-	if (json) {
-		printf("%s\n", reply);
-		json_t *j = json_loads(reply, 0, NULL);
-		rc = j && json_is_true(json_object_get(j, "ok")) ? EXIT_OK : EXIT_FAIL;
-		json_decref(j);
-	} else
-		rc = print_status(reply);
-	free(reply);
+	int rc;
+	if (strcmp(cmd, "status") == 0)
+		rc = cmd_status();
+	else if (strcmp(cmd, "clients") == 0)
+		rc = cmd_clients();
+	else if (strcmp(cmd, "registrations") == 0)
+		rc = cmd_registrations(arg);
+	else if (strcmp(cmd, "limits") == 0)
+		rc = cmd_limits();
+	else
+		rc = cmd_disconnect(arg);
+	rd_close(conn);
 	return rc;
 }

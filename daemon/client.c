@@ -2,6 +2,7 @@
  * and delivering its ready queue as EVENTS batches. Every fd a request brings is either
  * kept by a registration or closed before the request's reply is queued. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,25 @@ static int set_out_interest(struct rdd *d, struct rdd_client *c, bool want)
 	return 0;
 }
 
+/* The peer's command name, for the control plane. Best effort: /proc may be hidden. */
+static void read_comm(struct rdd_client *c)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)c->pid);
+	strcpy(c->comm, "?");
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	ssize_t n = read(fd, c->comm, sizeof(c->comm) - 1);
+	close(fd);
+	if (n <= 0) {
+		strcpy(c->comm, "?");
+		return;
+	}
+	c->comm[n] = '\0';
+	c->comm[strcspn(c->comm, "\n")] = '\0';
+}
+
 int rdd_client_new(struct rdd *d, int fd)
 {
 	struct ucred cred;
@@ -115,6 +135,15 @@ int rdd_client_new(struct rdd *d, int fd)
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
 		r = -errno;
 		log_warning("SO_PEERCRED on a new connection: %s", strerror(-r));
+		goto out_close_fd;
+	}
+	if (!rdd_may_connect(d, fd, cred.uid, cred.gid)) {
+		size_t len = rdp_encode_error(rdd_txbuf, RDP_MSG_MAX, 0, EACCES, RDP_E_RESOURCE,
+					      "the policy does not allow this user to connect");
+		(void)rdp_send(fd, rdd_txbuf, len, NULL, 0, true);
+		log_notice("refused pid %d uid %u: not allowed by the policy", (int)cred.pid,
+			   (unsigned)cred.uid);
+		r = -EACCES;
 		goto out_close_fd;
 	}
 	struct rdd_uid_count *u = uid_slot(d, cred.uid, false);
@@ -165,6 +194,8 @@ int rdd_client_new(struct rdd *d, int fd)
 	c->uid = cred.uid;
 	c->gid = cred.gid;
 	c->connected_usec = rdd_now_usec(CLOCK_REALTIME);
+	c->id = ++d->next_client_id;
+	read_comm(c);
 	rdd_tokmap_init(&c->map);
 	rdd_queue_init(&c->ready);
 

@@ -57,6 +57,59 @@ static int parse_limits(json_t *o, struct rdd_config *cfg, char *err, size_t err
 	return 0;
 }
 
+/* An array of uids or gids: integers from 0 to 2^32-2 (2^32-1 is "no id"). */
+static int parse_ids(json_t *v, const char *key, uint32_t *ids, uint32_t *n, char *err,
+		     size_t errlen)
+{
+	size_t i;
+	json_t *x;
+	if (!json_is_array(v) || json_array_size(v) > RDD_POLICY_MAX_IDS) {
+		snprintf(err, errlen, "key \"policy.%s\": expected an array of at most %d ids", key,
+			 RDD_POLICY_MAX_IDS);
+		return -EINVAL;
+	}
+	json_array_foreach(v, i, x) {
+		if (!json_is_integer(x) || json_integer_value(x) < 0 ||
+		    json_integer_value(x) >= (json_int_t)UINT32_MAX) {
+			snprintf(err, errlen, "key \"policy.%s\": element %zu is not a uid/gid number", key,
+				 i);
+			return -EINVAL;
+		}
+		ids[i] = (uint32_t)json_integer_value(x);
+	}
+	*n = (uint32_t)json_array_size(v);
+	return 0;
+}
+
+static int parse_policy(json_t *o, struct rdd_config *cfg, char *err, size_t errlen)
+{
+	const char *key;
+	json_t *v;
+	int r;
+
+	if (!json_is_object(o))
+		return bad(err, errlen, "key \"%s\": expected an object", "policy");
+	struct rdd_policy *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	free(cfg->policy);
+	cfg->policy = p;
+	json_object_foreach(o, key, v) {
+		if (strcmp(key, "allow_uids") == 0)
+			r = parse_ids(v, key, p->allow_uids, &p->n_allow_uids, err, errlen);
+		else if (strcmp(key, "allow_gids") == 0)
+			r = parse_ids(v, key, p->allow_gids, &p->n_allow_gids, err, errlen);
+		else if (strcmp(key, "admin_uids") == 0) {
+			r = parse_ids(v, key, p->admin_uids, &p->n_admin_uids, err, errlen);
+			p->admin_set = true;
+		} else
+			r = bad(err, errlen, "unknown key \"policy.%.64s\"", key);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 int rdd_config_load(const char *path, bool required, struct rdd_config *cfg, char *err,
 		    size_t errlen)
 {
@@ -107,6 +160,10 @@ int rdd_config_load(const char *path, bool required, struct rdd_config *cfg, cha
 			r = parse_limits(v, cfg, err, errlen);
 			if (r < 0)
 				goto finish;
+		} else if (strcmp(key, "policy") == 0) {
+			r = parse_policy(v, cfg, err, errlen);
+			if (r < 0)
+				goto finish;
 		} else {
 			r = bad(err, errlen, "unknown key \"%.64s\"", key);
 			goto finish;
@@ -123,4 +180,6 @@ void rdd_config_fini(struct rdd_config *cfg)
 {
 	free(cfg->socket);
 	cfg->socket = NULL;
+	free(cfg->policy);
+	cfg->policy = NULL;
 }

@@ -16,6 +16,18 @@ struct rdd_config {
 	uint32_t clients_per_uid;
 	uint32_t max_fds;
 	uint32_t out_max;
+	struct rdd_policy *policy; /* NULL: not set */
+};
+
+#define RDD_POLICY_MAX_IDS 256
+
+/* Who may connect and who may administer. With both allow lists empty, every local
+ * user may connect; admins default to root and the daemon's own uid. */
+struct rdd_policy {
+	uint32_t allow_uids[RDD_POLICY_MAX_IDS], n_allow_uids;
+	uint32_t allow_gids[RDD_POLICY_MAX_IDS], n_allow_gids;
+	uint32_t admin_uids[RDD_POLICY_MAX_IDS], n_admin_uids;
+	bool admin_set;
 };
 
 /* Load path into cfg. A missing file is an error only when 'required'. On failure,

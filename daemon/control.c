@@ -1,14 +1,29 @@
 /* The control plane: JSON requests in CONTROL messages, JSON answers in CONTROL_REPLY.
- * jansson stays inside this file; the rest of the daemon sees a string. */
+ * Everyone may read the daemon's status and limits and their own uid's connections;
+ * the policy's admins may read everyone's and disconnect clients. jansson stays inside
+ * this file: the rest of the daemon sees a string. */
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../proto/rdp.h"
 #include "rdd.h"
+
+/* Registrations per answer, so that one always fits in a message. */
+#define REGS_PAGE 256
+
+static json_t *error_reply(const char *fmt, const char *arg)
+{
+	char text[400];
+	snprintf(text, sizeof(text), fmt, arg);
+	return json_pack("{s:b, s:s}", "ok", 0, "error", text);
+}
 
 static json_t *status(struct rdd *d)
 {
@@ -21,18 +36,174 @@ static json_t *status(struct rdd *d)
 			 (json_int_t)d->accepted);
 }
 
-static json_t *error_reply(const char *fmt, const char *arg)
+static json_t *limits(struct rdd *d)
 {
-	char text[400];
-	snprintf(text, sizeof(text), fmt, arg);
-	return json_pack("{s:b, s:s}", "ok", 0, "error", text);
+	return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "ok", 1,
+			 "registrations_per_client", (json_int_t)d->lim.regs_per_client,
+			 "clients_per_uid", (json_int_t)d->lim.clients_per_uid, "max_fds",
+			 (json_int_t)d->lim.max_fds, "fds_in_use", (json_int_t)d->nfds,
+			 "output_bytes_per_client", (json_int_t)d->lim.out_max, "message_bytes",
+			 (json_int_t)RDP_MSG_MAX, "batch_entries", (json_int_t)RDP_BATCH_MAX,
+			 "events_per_message", (json_int_t)RDP_EVENTS_MAX);
+}
+
+static bool may_see(struct rdd *d, const struct rdd_client *self, const struct rdd_client *c)
+{
+	return c->uid == self->uid || rdd_is_admin(d, self->uid);
+}
+
+static json_t *clients(struct rdd *d, struct rdd_client *self)
+{
+	json_t *arr = json_array();
+	if (!arr)
+		return NULL;
+	for (uint32_t i = 0; i < d->nclients_cap; i++) {
+		struct rdd_client *c = d->clients[i];
+		if (!c || !may_see(d, self, c))
+			continue;
+		json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:s, s:I, s:I, s:I, s:I, s:b}", "id",
+				      (json_int_t)c->id, "pid", (json_int_t)c->pid, "uid",
+				      (json_int_t)c->uid, "gid", (json_int_t)c->gid, "comm", c->comm,
+				      "registrations", (json_int_t)c->nregs, "queued_events",
+				      (json_int_t)c->ready.len, "events_delivered",
+				      (json_int_t)c->events_delivered, "connected_since_usec",
+				      (json_int_t)c->connected_usec, "self", c == self);
+		if (!o || json_array_append_new(arr, o) < 0) {
+			json_decref(arr);
+			return NULL;
+		}
+	}
+	return json_pack("{s:b, s:o}", "ok", 1, "clients", arr);
+}
+
+static struct rdd_client *find_client(struct rdd *d, json_int_t id)
+{
+	for (uint32_t i = 0; i < d->nclients_cap; i++)
+		if (d->clients[i] && (json_int_t)d->clients[i]->id == id)
+			return d->clients[i];
+	return NULL;
+}
+
+/* What kind of file the daemon's copy is: for people, not for programs to branch on. */
+static const char *fd_type(int fd)
+{
+	struct stat st;
+	char path[64], link[64];
+	if (fstat(fd, &st) < 0)
+		return "unknown";
+	if (S_ISSOCK(st.st_mode)) {
+		int dom = 0, type = 0;
+		socklen_t l = sizeof(int);
+		getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l);
+		l = sizeof(int);
+		getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l);
+		if (dom == AF_UNIX)
+			return "unix-socket";
+		if (dom == AF_INET || dom == AF_INET6)
+			return type == SOCK_STREAM ? "tcp-socket" : type == SOCK_DGRAM ? "udp-socket" : "inet-socket";
+		return "socket";
+	}
+	if (S_ISFIFO(st.st_mode))
+		return "pipe";
+	if (S_ISCHR(st.st_mode))
+		return "character-device";
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, link, sizeof(link) - 1);
+	if (n > 0) {
+		link[n] = '\0';
+		if (strstr(link, "eventfd"))
+			return "eventfd";
+		if (strstr(link, "timerfd"))
+			return "timerfd";
+		if (strstr(link, "signalfd"))
+			return "signalfd";
+		if (strstr(link, "[eventpoll]"))
+			return "epoll";
+		if (strstr(link, "inotify"))
+			return "inotify";
+		if (strstr(link, "pidfd"))
+			return "pidfd";
+	}
+	return "other";
+}
+
+static json_t *bits(uint32_t v, const char *const *names, unsigned n)
+{
+	json_t *a = json_array();
+	for (unsigned i = 0; a && i < n; i++)
+		if (v & (1u << i))
+			json_array_append_new(a, json_string(names[i]));
+	return a;
+}
+
+static json_t *registrations(struct rdd *d, struct rdd_client *self, json_t *req)
+{
+	static const char *const interest[] = { "readable", "writable", "priority" };
+	static const char *const ready[] = { "readable", "writable", "priority",
+					     "read_closed", "write_closed", "error" };
+	json_t *jid = json_object_get(req, "client");
+	struct rdd_client *c = self;
+	if (jid) {
+		if (!json_is_integer(jid))
+			return error_reply("%s", "\"client\" must be a client id (an integer)");
+		c = find_client(d, json_integer_value(jid));
+		if (!c || !may_see(d, self, c))
+			return error_reply("%s", "no such client (or not yours to see)");
+	}
+	json_int_t offset = json_integer_value(json_object_get(req, "offset"));
+	if (offset < 0)
+		offset = 0;
+
+	json_t *arr = json_array();
+	json_int_t seen = 0;
+	for (uint32_t i = 0; arr && c->map.slots && i <= c->map.mask; i++) {
+		uint32_t slot = c->map.slots[i];
+		if (slot == RDD_NIL)
+			continue;
+		if (seen++ < offset || json_array_size(arr) >= REGS_PAGE)
+			continue;
+		const struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
+		char tok[24];
+		/* Tokens are 64-bit: as a string, so JSON readers with doubles keep them. */
+		snprintf(tok, sizeof(tok), "%llu", (unsigned long long)r->token);
+		json_t *o = json_pack("{s:s, s:s, s:o, s:s, s:o, s:I}", "token", tok, "fd_type",
+				      fd_type(r->fd), "interest", bits(r->interest, interest, 3),
+				      "mode", (r->flags & RDP_FLAG_ONESHOT) ? "oneshot" : "edge",
+				      "pending", bits(r->pending, ready, 6), "tick", (json_int_t)r->tick);
+		if (!o || json_array_append_new(arr, o) < 0) {
+			json_decref(arr);
+			return NULL;
+		}
+	}
+	if (!arr)
+		return NULL;
+	json_int_t next = offset + (json_int_t)json_array_size(arr);
+	return json_pack("{s:b, s:I, s:I, s:I, s:o, s:o}", "ok", 1, "client", (json_int_t)c->id,
+			 "total", (json_int_t)c->nregs, "offset", offset, "registrations", arr,
+			 "next_offset", next < (json_int_t)c->nregs ? json_integer(next) : json_null());
+}
+
+static json_t *disconnect(struct rdd *d, struct rdd_client *self, json_t *req)
+{
+	if (!rdd_is_admin(d, self->uid))
+		return error_reply("%s", "permission denied: disconnect is for the policy's admins");
+	json_t *jid = json_object_get(req, "client");
+	if (!json_is_integer(jid))
+		return error_reply("%s", "\"client\" must be a client id (an integer)");
+	struct rdd_client *c = find_client(d, json_integer_value(jid));
+	if (!c)
+		return error_reply("%s", "no such client");
+	if (c == self)
+		return error_reply("%s", "a connection cannot disconnect itself this way: close it");
+	json_int_t id = (json_int_t)c->id;
+	rdd_client_close(d, c, "disconnected by an admin");
+	return json_pack("{s:b, s:I}", "ok", 1, "disconnected", id);
 }
 
 char *rdd_control(struct rdd *d, struct rdd_client *c, const char *req, size_t len)
 {
 	json_error_t jerr;
 	json_t *reply;
-	(void)c;
 
 	json_t *j = json_loadb(req, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!j) {
@@ -46,6 +217,14 @@ char *rdd_control(struct rdd *d, struct rdd_client *c, const char *req, size_t l
 			reply = error_reply("%s", "request must be an object with a string \"command\"");
 		else if (strcmp(cmd, "status") == 0)
 			reply = status(d);
+		else if (strcmp(cmd, "limits") == 0)
+			reply = limits(d);
+		else if (strcmp(cmd, "clients") == 0)
+			reply = clients(d, c);
+		else if (strcmp(cmd, "registrations") == 0)
+			reply = registrations(d, c, j);
+		else if (strcmp(cmd, "disconnect") == 0)
+			reply = disconnect(d, c, j);
 		else
 			reply = error_reply("unknown command \"%.64s\"", cmd);
 		json_decref(j);

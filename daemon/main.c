@@ -176,6 +176,7 @@ finish:
 	free(d.clients);
 	free(d.client_gen);
 	free(d.uids);
+	free(d.policy);
 	free(d.dirty.v);
 	free(d.spare.v);
 	rdd_slab_fini(&d.slab);

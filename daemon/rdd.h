@@ -47,6 +47,8 @@ struct rdd_limits {
 
 struct rdd_client {
 	int fd;
+	uint64_t id;      /* connection number, unique for the daemon's life */
+	char comm[16];    /* the connecting process's name, from /proc, or "?" */
 	uint32_t slot;
 	uint32_t gen;
 	pid_t pid;
@@ -104,6 +106,7 @@ struct rdd {
 	struct rdd_worklist spare;
 	bool stopping;
 	bool accept_paused;   /* listener removed from epoll after EMFILE; retried later */
+	struct rdd_policy *policy; /* NULL: everyone may connect; root and us administer */
 	const char *config_path;  /* read again on SIGHUP */
 	bool config_required;     /* given with --config: a missing file is an error */
 	int cmdline_log_level;    /* --log-level, which a config never overrides; or -1 */
@@ -111,6 +114,7 @@ struct rdd {
 	uint64_t start_usec;  /* CLOCK_MONOTONIC */
 	uint64_t events_delivered;
 	uint64_t accepted;
+	uint64_t next_client_id;
 };
 
 /* client.c */
@@ -148,6 +152,10 @@ void rdd_notify_ready(struct rdd *d);
 void rdd_notify_reloading(struct rdd *d);
 void rdd_notify_tick(struct rdd *d);
 void rdd_notify_stopping(struct rdd *d);
+
+/* policy (reload.c): may this peer connect, may it administer? */
+bool rdd_may_connect(const struct rdd *d, int fd, uid_t uid, gid_t gid);
+bool rdd_is_admin(const struct rdd *d, uid_t uid);
 
 /* Scratch buffers shared by the single-threaded loop. */
 extern uint8_t rdd_rxbuf[];

@@ -2,6 +2,8 @@
  * not parse leaves the running configuration as it was. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "log.h"
@@ -24,6 +26,54 @@ void rdd_config_apply(struct rdd *d, const struct rdd_config *cfg)
 			    RDD_FD_RESERVE, fd_cap);
 	else if (cfg->max_fds)
 		l->max_fds = cfg->max_fds;
+
+	free(d->policy);
+	d->policy = NULL;
+	if (cfg->policy) {
+		d->policy = malloc(sizeof(*d->policy));
+		if (d->policy)
+			*d->policy = *cfg->policy;
+		else
+			log_err("out of memory keeping the policy: admitting only root and uid %u",
+				(unsigned)getuid());
+	}
+}
+
+static bool in(const uint32_t *ids, uint32_t n, uint32_t id)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (ids[i] == id)
+			return true;
+	return false;
+}
+
+bool rdd_is_admin(const struct rdd *d, uid_t uid)
+{
+	if (d->policy && d->policy->admin_set)
+		return in(d->policy->admin_uids, d->policy->n_admin_uids, uid);
+	return uid == 0 || uid == getuid();
+}
+
+/* Checked at accept, before any message (and so any fd) is read from the peer. The
+ * peer's supplementary groups come from SO_PEERGROUPS. */
+bool rdd_may_connect(const struct rdd *d, int fd, uid_t uid, gid_t gid)
+{
+	const struct rdd_policy *p = d->policy;
+	if (!p || (p->n_allow_uids == 0 && p->n_allow_gids == 0))
+		return true;
+	if (rdd_is_admin(d, uid) || in(p->allow_uids, p->n_allow_uids, uid) ||
+	    in(p->allow_gids, p->n_allow_gids, gid))
+		return true;
+	if (p->n_allow_gids == 0)
+		return false;
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return false;
+	for (size_t i = 0; i < len / sizeof(gid_t); i++)
+		if (in(p->allow_gids, p->n_allow_gids, groups[i]))
+			return true;
+	return false;
 }
 
 void rdd_reload(struct rdd *d)

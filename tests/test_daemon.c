@@ -20,6 +20,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "../client/readyd.h"
 #include "../proto/rdp.h"
 #include "harness.h"
@@ -866,6 +868,153 @@ static void test_fd_limit(void **state)
 	assert_int_equal(rdt_daemon_stop(&d2), 0);
 }
 
+static json_t *control(rd_client *c, const char *req)
+{
+	char *text = NULL;
+	assert_int_equal(rd_control(c, req, &text), 0);
+	json_t *j = json_loads(text, 0, NULL);
+	assert_non_null(j);
+	free(text);
+	return j;
+}
+
+static bool has_string(json_t *arr, const char *v)
+{
+	size_t i;
+	json_t *x;
+	json_array_foreach(arr, i, x) if (strcmp(json_string_value(x), v) == 0) return true;
+	return false;
+}
+
+/* The control plane reports clients, their registrations and the limits; an admin may
+ * disconnect a client, and only that client is affected. */
+static void test_control_plane(void **state)
+{
+	(void)state;
+	rd_client *a = open_client(), *b = open_client(), *ctl = open_client();
+	int p[2];
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	assert_int_equal(rd_add(a, p[0], 12345678901234ull, RD_READABLE, RD_ONESHOT), 0);
+	assert_int_equal(rd_add(a, efd, 2, RD_READABLE | RD_WRITABLE, 0), 0);
+	assert_int_equal(rd_add(b, efd, 3, RD_READABLE, 0), 0);
+
+	json_t *j = control(ctl, "{\"command\":\"clients\"}");
+	assert_true(json_is_true(json_object_get(j, "ok")));
+	json_t *list = json_object_get(j, "clients");
+	assert_int_equal(json_array_size(list), 3);
+	json_int_t id_a = 0, id_b = 0;
+	size_t i;
+	json_t *c;
+	json_array_foreach(list, i, c) {
+		assert_int_equal(json_integer_value(json_object_get(c, "pid")), getpid());
+		assert_string_equal(json_string_value(json_object_get(c, "comm")), "test-daemon");
+		json_int_t regs = json_integer_value(json_object_get(c, "registrations"));
+		if (regs == 2)
+			id_a = json_integer_value(json_object_get(c, "id"));
+		else if (regs == 1)
+			id_b = json_integer_value(json_object_get(c, "id"));
+	}
+	assert_true(id_a > 0 && id_b > 0);
+	json_decref(j);
+
+	char req[128];
+	snprintf(req, sizeof(req), "{\"command\":\"registrations\",\"client\":%lld}", (long long)id_a);
+	j = control(ctl, req);
+	assert_int_equal(json_integer_value(json_object_get(j, "total")), 2);
+	json_array_foreach(json_object_get(j, "registrations"), i, c) {
+		const char *tok = json_string_value(json_object_get(c, "token"));
+		if (strcmp(tok, "12345678901234") == 0) {
+			assert_string_equal(json_string_value(json_object_get(c, "fd_type")), "pipe");
+			assert_string_equal(json_string_value(json_object_get(c, "mode")), "oneshot");
+			assert_true(has_string(json_object_get(c, "interest"), "readable"));
+		} else {
+			assert_string_equal(tok, "2");
+			assert_string_equal(json_string_value(json_object_get(c, "fd_type")), "eventfd");
+			assert_true(has_string(json_object_get(c, "interest"), "writable"));
+		}
+	}
+	json_decref(j);
+
+	j = control(ctl, "{\"command\":\"limits\"}");
+	assert_int_equal(json_integer_value(json_object_get(j, "registrations_per_client")), 65536);
+	assert_int_equal(json_integer_value(json_object_get(j, "batch_entries")), 253);
+	json_decref(j);
+
+	/* Disconnect a: its calls fail, b still gets its events. */
+	snprintf(req, sizeof(req), "{\"command\":\"disconnect\",\"client\":%lld}", (long long)id_a);
+	j = control(ctl, req);
+	assert_true(json_is_true(json_object_get(j, "ok")));
+	json_decref(j);
+	int r = rd_delete(a, 2);
+	assert_true(r == -ECONNRESET || r == -EPIPE);
+	uint64_t one = 1;
+	assert_int_equal(write(efd, &one, sizeof(one)), sizeof(one));
+	struct rd_event ev = next_event(b);
+	assert_int_equal(ev.token, 3);
+	j = control(ctl, req);
+	assert_false(json_is_true(json_object_get(j, "ok")));
+	json_decref(j);
+
+	rd_close(a);
+	rd_close(b);
+	rd_close(ctl);
+	close(p[0]);
+	close(p[1]);
+	close(efd);
+}
+
+/* As user nobody: only its own connections are visible, admin actions are refused; and
+ * a policy that allows only root refuses nobody before reading anything from it. */
+static void test_control_plane_permissions(void **state)
+{
+	(void)state;
+	if (geteuid() != 0)
+		skip();
+	struct rdt_daemon d2;
+	assert_int_equal(rdt_daemon_start(&d2, "{\"policy\": {\"allow_uids\": [0]}}"), 0);
+	assert_int_equal(chmod(daemon_.dir, 0755), 0);
+	assert_int_equal(chmod(d2.dir, 0755), 0);
+	rd_client *root = open_client();
+
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (setgid(65534) < 0 || setuid(65534) < 0)
+			_exit(10);
+		rd_client *c = NULL, *r = NULL;
+		if (rd_open(&c, daemon_.sock) < 0)
+			_exit(11);
+		char *t = NULL;
+		if (rd_control(c, "{\"command\":\"clients\"}", &t) < 0 || strstr(t, "\"uid\":0,"))
+			_exit(12); /* root's connection must not show */
+		free(t);
+		if (rd_control(c, "{\"command\":\"disconnect\",\"client\":1}", &t) < 0 ||
+		    !strstr(t, "permission denied"))
+			_exit(13);
+		free(t);
+		rd_close(c);
+		/* The policy allows uid 0 only. */
+		if (rd_open(&r, d2.sock) != -EACCES)
+			_exit(14);
+		_exit(0);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	/* Root is allowed, and still served on both daemons. */
+	rd_client *r2 = NULL;
+	assert_int_equal(rd_open(&r2, d2.sock), 0);
+	rd_close(r2);
+	char *t = NULL;
+	assert_int_equal(rd_control(root, "{\"command\":\"status\"}", &t), 0);
+	free(t);
+	rd_close(root);
+	assert_int_equal(rdt_daemon_stop(&d2), 0);
+	assert_int_equal(chmod(daemon_.dir, 0700), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -884,6 +1033,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_echo_example, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_startup_errors_and_journal, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fd_limit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_control_plane, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_control_plane_permissions, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("readyd", tests, group_setup, group_teardown);
 }
