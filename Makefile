@@ -68,7 +68,7 @@ run: deps
 
 check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-systemd
+	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-systemd check-bench
 
 tests: $(TEST_BINS)
 
@@ -148,18 +148,50 @@ $(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^
 
 # Unit tests link the pure modules directly.
-$(B)/tests/test-codec: $(B)/obj/tests/test_codec.o $(PROTO_OBJ)
+$(B)/tests/test-codec: $(B)/obj/tests/test_codec.o $(B)/obj/tests/fdcheck.o $(PROTO_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS)
 
-$(B)/tests/test-registry: $(B)/obj/tests/test_registry.o $(B)/obj/daemon/registry.o
+$(B)/tests/test-registry: $(B)/obj/tests/test_registry.o $(B)/obj/tests/fdcheck.o $(B)/obj/daemon/registry.o
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS)
 
 # Integration tests drive a real readyd through the library and through raw frames.
-$(B)/tests/test-%: $(B)/obj/tests/test_%.o $(B)/obj/tests/harness.o $(B)/lib/libreadyd.a
+$(B)/tests/test-%: $(B)/obj/tests/test_%.o $(B)/obj/tests/harness.o $(B)/obj/tests/fdcheck.o $(B)/lib/libreadyd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(PKG_LIBS)
+
+# Benchmarks (bench/README.md): readyd against its floor, in one run; never in timed
+# tests. check-bench is a one-second smoke run: it asserts the benchmark works, not speed.
+BENCH_SRC := bench/readyd-bench.c bench/proc.c bench/relay.c bench/notify.c \
+             bench/throughput.c bench/handoff.c bench/footprint.c
+BENCH_OBJ := $(BENCH_SRC:%.c=$(B)/obj/%.o)
+BENCH_RUN  = $(B)/bin/readyd-bench --readyd $(B)/bin/readyd
+
+.PHONY: bench bench-quick bench-plot check-bench
+$(B)/bin/readyd-bench: $(BENCH_OBJ) $(B)/lib/libreadyd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ -lm
+
+bench: $(B)/bin/readyd-bench $(B)/bin/readyd
+	$(BENCH_RUN)
+
+bench-quick: $(B)/bin/readyd-bench $(B)/bin/readyd
+	$(BENCH_RUN) --quick
+
+check-bench: $(B)/bin/readyd-bench $(B)/bin/readyd
+	$(BENCH_RUN) --smoke
+
+# The notify latency distribution, readyd against the relay against direct epoll.
+bench-plot: $(B)/bin/readyd-bench $(B)/bin/readyd
+	@command -v gnuplot >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox >/dev/null; } || \
+		{ echo "bench-plot needs gnuplot: sudo apt-get install -y gnuplot-nox"; exit 1; }
+	@mkdir -p $(B)/bench
+	$(BENCH_RUN) --only notify --plot-data $(B)/bench/notify-latency.dat
+	gnuplot -e "data='$(B)/bench/notify-latency.dat'; out='bench/notify-latency.png'" bench/notify-latency.gp
+	@echo "wrote bench/notify-latency.png"
 
 clean:
 	rm -rf $(B)

@@ -120,23 +120,6 @@ int rdt_daemon_stop(struct rdt_daemon *d)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-int rdt_count_fds(pid_t pid)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-	DIR *dir = opendir(path);
-	if (!dir)
-		return -errno;
-	int n = 0;
-	struct dirent *e;
-	while ((e = readdir(dir)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(dir);
-	/* Counting our own fds includes the one opendir used. */
-	return pid == getpid() ? n - 1 : n;
-}
-
 int rdt_idle_fds(pid_t pid)
 {
 	char path[64], link[128];

@@ -24,8 +24,7 @@ int rdt_daemon_start(struct rdt_daemon *d, const char *config_json);
 /* SIGTERM, wait, remove the directory. Returns the daemon's exit status (or -1). */
 int rdt_daemon_stop(struct rdt_daemon *d);
 
-/* Open fds of a process (/proc/PID/fd). */
-int rdt_count_fds(pid_t pid);
+#include "fdcheck.h"
 /* The fds an idle daemon holds: everything but sockets, plus its listener. */
 int rdt_idle_fds(pid_t pid);
 /* Wait until pid has 'want' fds, polling a bounded number of times; returns the last

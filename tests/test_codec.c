@@ -20,44 +20,10 @@
 #include <unistd.h>
 
 #include "../proto/rdp.h"
+#include "fdcheck.h"
 #include "../proto/rdp_io.h"
 #include "../proto/rdp_path.h"
 
-/* ---- fd accounting around every test ---- */
-
-static int count_fds(void)
-{
-	DIR *dir = opendir("/proc/self/fd");
-	if (!dir)
-		return -errno;
-	int n = 0;
-	struct dirent *e;
-	while ((e = readdir(dir)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(dir);
-	return n - 1; /* the one opendir used */
-}
-
-static int fds_before;
-
-static int fd_setup(void **state)
-{
-	(void)state;
-	fds_before = count_fds();
-	return fds_before < 0 ? -1 : 0;
-}
-
-static int fd_teardown(void **state)
-{
-	(void)state;
-	int now = count_fds();
-	if (now != fds_before) {
-		fprintf(stderr, "fd leak: %d open before the test, %d after\n", fds_before, now);
-		return -1;
-	}
-	return 0;
-}
 
 /* ---- helpers that do not use the codec ---- */
 
@@ -927,7 +893,7 @@ static int env_setup(void **state)
 		saved_env[i] = v ? strdup(v) : NULL;
 		unsetenv(path_vars[i]);
 	}
-	return fd_setup(state);
+	return rdt_fd_setup(state);
 }
 
 static int env_teardown(void **state)
@@ -940,7 +906,7 @@ static int env_teardown(void **state)
 		free(saved_env[i]);
 		saved_env[i] = NULL;
 	}
-	return fd_teardown(state);
+	return rdt_fd_teardown(state);
 }
 
 static void assert_path(const char *want)
@@ -1371,7 +1337,7 @@ static void test_recv_ctrunc(void **state)
 	close(sv[1]);
 }
 
-#define T(f) cmocka_unit_test_setup_teardown(f, fd_setup, fd_teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, rdt_fd_setup, rdt_fd_teardown)
 #define TE(f) cmocka_unit_test_setup_teardown(f, env_setup, env_teardown)
 
 int main(void)

@@ -14,42 +14,8 @@
 #include <string.h>
 
 #include "../daemon/registry.h"
+#include "fdcheck.h"
 
-/* ---- fd accounting around every test ---- */
-
-static int count_fds(void)
-{
-	DIR *dir = opendir("/proc/self/fd");
-	if (!dir)
-		return -errno;
-	int n = 0;
-	struct dirent *e;
-	while ((e = readdir(dir)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(dir);
-	return n - 1; /* the one opendir used */
-}
-
-static int fds_before;
-
-static int fd_setup(void **state)
-{
-	(void)state;
-	fds_before = count_fds();
-	return fds_before < 0 ? -1 : 0;
-}
-
-static int fd_teardown(void **state)
-{
-	(void)state;
-	int now = count_fds();
-	if (now != fds_before) {
-		fprintf(stderr, "fd leak: %d open before the test, %d after\n", fds_before, now);
-		return -1;
-	}
-	return 0;
-}
 
 /* ---- helpers ---- */
 
@@ -777,7 +743,7 @@ static void test_queue_model(void **state)
 	rdd_slab_fini(&s);
 }
 
-#define T(f) cmocka_unit_test_setup_teardown(f, fd_setup, fd_teardown)
+#define T(f) cmocka_unit_test_setup_teardown(f, rdt_fd_setup, rdt_fd_teardown)
 
 int main(void)
 {
