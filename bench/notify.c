@@ -1,0 +1,364 @@
+/* notify_rtt_*: one byte written to a watched pipe, then to a watched socket, and so on
+ * alternately. The client learns of it, reads the byte and answers on a reply pipe; the
+ * writer times the full round trip. Three ways for the client to learn, on the same
+ * fds, one after the other within each repetition:
+ *   readyd  writer -> readyd -> client            (libreadyd rd_wait)
+ *   relay   writer -> bare relay -> client        (16-byte record over SEQPACKET)
+ *   direct  writer -> client                      (the client's own epoll, a reference) */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../proto/rdp.h"
+#include "bench.h"
+#include "readyd.h"
+
+enum { MODE_READYD, MODE_RELAY, MODE_DIRECT, MODE_N };
+static const char *const mode_name[MODE_N] = { "readyd", "relay", "direct" };
+
+/* The fds of the scenario; children inherit them all. */
+struct notify_fds {
+	int watch[2];  /* watched: token 0 is a pipe's read end, token 1 a stream socket */
+	int poke[2];   /* the writer's ends of the same pipe and socket */
+	int reply_r;   /* the writer waits here */
+	int reply_w;
+};
+
+struct notify_child {
+	const char *sock;        /* readyd's socket */
+	const struct notify_fds *f;
+	int ready_fd;
+	int seq_fd;              /* relay mode: the client's end of the relay's socket */
+};
+
+/* Read the byte that made token ready and answer. An event with nothing to read (allowed:
+ * readiness may be spurious) gets no answer. */
+static void answer(const struct notify_fds *f, uint64_t token)
+{
+	char buf[64];
+	if (token > 1)
+		return;
+	if (read(f->watch[token], buf, sizeof(buf)) > 0)
+		while (write(f->reply_w, "x", 1) < 0 && errno == EINTR)
+			;
+}
+
+static int client_readyd(void *arg)
+{
+	const struct notify_child *a = arg;
+	rd_client *c;
+	struct rd_event ev[16];
+
+	if (rd_open(&c, a->sock) < 0 ||
+	    rd_add(c, a->f->watch[0], 0, RD_READABLE, RD_EDGE) < 0 ||
+	    rd_add(c, a->f->watch[1], 1, RD_READABLE, RD_EDGE) < 0) {
+		bench_say(a->ready_fd, 1);
+		return 1;
+	}
+	bench_say(a->ready_fd, 0);
+	for (;;) {
+		int n = rd_wait(c, ev, 16, -1);
+		if (n < 0)
+			return 2;
+		for (int i = 0; i < n; i++)
+			answer(a->f, ev[i].token);
+	}
+}
+
+static int client_relay(void *arg)
+{
+	const struct notify_child *a = arg;
+	uint8_t buf[RDP_EVENTS_MAX * RDP_EVENT_SIZE];
+
+	bench_say(a->ready_fd, 0);
+	for (;;) {
+		ssize_t n = recv(a->seq_fd, buf, sizeof(buf), 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return 2;
+		for (size_t i = 0; i + RDP_EVENT_SIZE <= (size_t)n; i += RDP_EVENT_SIZE)
+			answer(a->f, rdp_le64(buf + i));
+	}
+}
+
+static int relay_notify(void *arg)
+{
+	const struct notify_child *a = arg;
+	int epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (epfd < 0 || relay_watch(epfd, a->f->watch[0], 0, 0) < 0 ||
+	    relay_watch(epfd, a->f->watch[1], 0, 1) < 0) {
+		bench_say(a->ready_fd, 1);
+		return 1;
+	}
+	struct relay_cfg cfg = { .epfd = epfd, .socks = &a->seq_fd, .nsocks = 1,
+				 .ready_fd = a->ready_fd };
+	return relay_run(&cfg);
+}
+
+static int client_direct(void *arg)
+{
+	const struct notify_child *a = arg;
+	struct epoll_event evs[16];
+	int epfd = epoll_create1(EPOLL_CLOEXEC);
+	for (int t = 0; t < 2; t++) {
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)t };
+		if (epfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, a->f->watch[t], &ev) < 0) {
+			bench_say(a->ready_fd, 1);
+			return 1;
+		}
+	}
+	bench_say(a->ready_fd, 0);
+	for (;;) {
+		int n = epoll_wait(epfd, evs, 16, -1);
+		if (n < 0 && errno != EINTR)
+			return 2;
+		for (int i = 0; i < n; i++)
+			answer(a->f, evs[i].data.u64);
+	}
+}
+
+static volatile sig_atomic_t alarm_fired;
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	alarm_fired = 1;
+}
+
+/* Time 'warm' + 'n' round trips, keeping the last n in out[] (microseconds). The reply
+ * is awaited with a blocking read, guarded by an alarm so a lost answer cannot hang. */
+static int ping(const struct notify_fds *f, int warm, int n, double *out, int timeout_s)
+{
+	struct sigaction sa = { .sa_handler = on_alarm }; /* no SA_RESTART: read fails */
+	sigaction(SIGALRM, &sa, NULL);
+	alarm_fired = 0;
+	alarm((unsigned)timeout_s);
+	int r = 0;
+	for (int i = 0; i < warm + n; i++) {
+		char b;
+		int fd = f->poke[i & 1];
+		uint64_t t0 = bench_now_ns();
+		if (write(fd, "x", 1) != 1) {
+			r = -errno;
+			break;
+		}
+		ssize_t k;
+		do
+			k = read(f->reply_r, &b, 1);
+		while (k < 0 && errno == EINTR && !alarm_fired);
+		uint64_t t1 = bench_now_ns();
+		if (k != 1) {
+			r = alarm_fired ? -ETIMEDOUT : k == 0 ? -EPIPE : -errno;
+			break;
+		}
+		if (i >= warm)
+			out[i - warm] = (double)(t1 - t0) / 1000.0;
+	}
+	alarm(0);
+	return r;
+}
+
+/* Start the processes of one mode, time the round trips, stop the processes. */
+static int notify_phase(int mode, struct bench_daemon *d, const struct notify_fds *f, int warm,
+			int n, double *out, int daemon_fds, int timeout_s)
+{
+	int rp[2], q[2] = { -1, -1 };
+	pid_t pids[2] = { 0, 0 };
+	int npids = 0, r = 0;
+
+	if (pipe(rp) < 0)
+		return -errno;
+	struct notify_child a = { .sock = d ? d->sock : NULL, .f = f, .ready_fd = rp[1] };
+	struct notify_child relay = a;
+	switch (mode) {
+	case MODE_READYD:
+		pids[npids++] = bench_fork(client_readyd, &a);
+		break;
+	case MODE_RELAY:
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, q) < 0) {
+			r = -errno;
+			goto out;
+		}
+		relay.seq_fd = q[0];
+		a.seq_fd = q[1];
+		pids[npids++] = bench_fork(relay_notify, &relay);
+		pids[npids++] = bench_fork(client_relay, &a);
+		break;
+	default:
+		pids[npids++] = bench_fork(client_direct, &a);
+		break;
+	}
+	if (q[0] >= 0) {
+		close(q[0]);
+		close(q[1]);
+	}
+	for (int i = 0; i < npids; i++) {
+		int b = pids[i] < 0 ? pids[i] : bench_wait_byte(rp[0], timeout_s * 1000);
+		if (b != 0) {
+			fprintf(stderr, "readyd-bench: notify %s: a process did not start (%d)\n",
+				mode_name[mode], b);
+			r = b < 0 ? b : -EIO;
+			goto out;
+		}
+	}
+	r = ping(f, warm, n, out, timeout_s);
+	if (r < 0)
+		fprintf(stderr, "readyd-bench: notify %s: round trip failed: %s\n", mode_name[mode],
+			strerror(-r));
+out:
+	for (int i = 0; i < npids; i++)
+		if (pids[i] > 0)
+			bench_stop_pid(pids[i], SIGKILL);
+	close(rp[0]);
+	close(rp[1]);
+	for (int t = 0; t < 2; t++)
+		bench_drain(f->watch[t]);
+	bench_drain(f->reply_r);
+	/* The daemon drops the client's registrations when it sees the hang-up; wait, so it
+	 * does not wake for the next mode's bytes. */
+	if (mode == MODE_READYD && d)
+		bench_wait_fds(d->pid, daemon_fds, 2000);
+	return r;
+}
+
+static int notify_fds_open(struct notify_fds *f)
+{
+	int p[2], s[2], rp[2];
+	if (pipe2(p, O_NONBLOCK) < 0)
+		return -errno;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, s) < 0 || pipe(rp) < 0)
+		return -errno;
+	*f = (struct notify_fds){ .watch = { p[0], s[0] }, .poke = { p[1], s[1] },
+				  .reply_r = rp[0], .reply_w = rp[1] };
+	return 0;
+}
+
+static void notify_fds_close(struct notify_fds *f)
+{
+	for (int t = 0; t < 2; t++) {
+		close(f->watch[t]);
+		close(f->poke[t]);
+	}
+	close(f->reply_r);
+	close(f->reply_w);
+}
+
+/* Pooled samples of one mode, thinned to at most 'max' points, as a CDF block. */
+static void write_cdf(FILE *out, const char *name, double *v, int n, int max)
+{
+	bench_quantile(v, n, 0.5); /* sorts */
+	fprintf(out, "# %s: %d samples; latency_us fraction_at_or_below\n", name, n);
+	int step = n > max ? n / max : 1;
+	for (int i = 0; i < n; i += step)
+		fprintf(out, "%.3f %.6f\n", v[i], (double)(i + 1) / n);
+	if (n > 0 && (n - 1) % step)
+		fprintf(out, "%.3f %.6f\n", v[n - 1], 1.0);
+	fprintf(out, "\n\n");
+}
+
+int bench_notify(struct bench_run *run, struct bench_daemon *d)
+{
+	const struct bench_scale *sc = &run->o->sc;
+	int reps = sc->reps, n = sc->notify_samples;
+	struct notify_fds f;
+	int r = notify_fds_open(&f);
+	if (r < 0)
+		return r;
+	double *all[MODE_N];
+	double p50[MODE_N][64], p99[MODE_N][64];
+	double *tmp = malloc(sizeof(double) * (size_t)n);
+	for (int m = 0; m < MODE_N; m++)
+		all[m] = malloc(sizeof(double) * (size_t)n * (size_t)reps);
+	if (!tmp || !all[0] || !all[1] || !all[2]) {
+		r = -ENOMEM;
+		goto out;
+	}
+	int daemon_fds = bench_count_fds(d->pid);
+	int chunks = sc->chunks > 0 ? sc->chunks : 1, per = n / chunks;
+	for (int rep = 0; rep < reps && rep < 64; rep++) {
+		/* A repetition is 'chunks' phases of each mode, each with fresh processes, the
+		 * order rotated so that no mode always runs first. */
+		for (int ch = 0; ch < chunks; ch++)
+			for (int k = 0; k < MODE_N; k++) {
+				int m = (rep + ch + k) % MODE_N;
+				int cnt = ch == chunks - 1 ? n - per * ch : per;
+				double *s = all[m] + (size_t)rep * (size_t)n + (size_t)(per * ch);
+				r = notify_phase(m, d, &f, sc->notify_warmup, cnt, s, daemon_fds, 30);
+				if (r < 0)
+					goto out;
+			}
+		for (int m = 0; m < MODE_N; m++) {
+			memcpy(tmp, all[m] + (size_t)rep * (size_t)n, sizeof(double) * (size_t)n);
+			p50[m][rep] = bench_quantile(tmp, n, 0.50);
+			p99[m][rep] = bench_quantile(tmp, n, 0.99);
+		}
+		if (bench_verbose)
+			fprintf(stderr, "notify rep %d: p50 readyd %.1f relay %.1f direct %.1f; "
+				"p99 readyd %.1f relay %.1f direct %.1f us\n", rep, p50[0][rep], p50[1][rep],
+				p50[2][rep], p99[0][rep], p99[1][rep], p99[2][rep]);
+	}
+	int nr = reps < 64 ? reps : 64;
+	struct bench_result *x;
+	x = bench_add(run, "notify_rtt_p50", "us", false, "relay");
+	x->readyd = bench_median(p50[MODE_READYD], nr);
+	x->baseline = bench_median(p50[MODE_RELAY], nr);
+	x->reps = nr;
+	snprintf(x->note, sizeof(x->note), "median over %d repetitions of the p50 of %d round trips", nr, n);
+	x = bench_add(run, "notify_rtt_p99", "us", false, "relay");
+	x->readyd = bench_median(p99[MODE_READYD], nr);
+	x->baseline = bench_median(p99[MODE_RELAY], nr);
+	x->reps = nr;
+	snprintf(x->note, sizeof(x->note), "median over %d repetitions of the p99 of %d round trips", nr, n);
+	x = bench_add(run, "notify_rtt_direct_p50", "us", false, NULL);
+	x->readyd = bench_median(p50[MODE_DIRECT], nr);
+	x->reps = nr;
+	snprintf(x->note, sizeof(x->note),
+		 "reference, not a target: the client's own epoll, no readyd in the path (p99 %.1f us)",
+		 bench_median(p99[MODE_DIRECT], nr));
+
+	if (run->o->plot_data) {
+		FILE *out = fopen(run->o->plot_data, "w");
+		if (!out) {
+			r = -errno;
+			fprintf(stderr, "readyd-bench: %s: %s\n", run->o->plot_data, strerror(-r));
+			goto out;
+		}
+		fprintf(out, "# readyd-bench notify round trips, pooled over %d repetitions; "
+			     "gnuplot index 0 readyd, 1 relay, 2 direct\n", nr);
+		for (int m = 0; m < MODE_N; m++)
+			write_cdf(out, mode_name[m], all[m], n * nr, 4000);
+		fclose(out);
+	}
+	r = 0;
+out:
+	free(tmp);
+	for (int m = 0; m < MODE_N; m++)
+		free(all[m]);
+	notify_fds_close(&f);
+	return r;
+}
+
+long bench_profile_notify(struct bench_opts *o, struct bench_daemon *d, long trips)
+{
+	(void)o;
+	struct notify_fds f;
+	int r = notify_fds_open(&f);
+	if (r < 0)
+		return r;
+	double *s = malloc(sizeof(double) * (size_t)(trips > 0 ? trips : 1));
+	if (!s) {
+		notify_fds_close(&f);
+		return -ENOMEM;
+	}
+	r = notify_phase(MODE_READYD, d, &f, 0, (int)trips, s, bench_count_fds(d->pid), 600);
+	free(s);
+	notify_fds_close(&f);
+	return r < 0 ? r : trips;
+}
