@@ -32,7 +32,9 @@ static int setup(void **state)
 	(void)state;
 	signal(SIGPIPE, SIG_IGN);
 	snprintf(dir_, sizeof(dir_), "/tmp/readyd-sd-XXXXXX");
-	return mkdtemp(dir_) ? 0 : -1;
+	if (!mkdtemp(dir_))
+		return -1;
+	return rdt_fd_setup(state);
 }
 
 static int teardown(void **state)
@@ -40,7 +42,9 @@ static int teardown(void **state)
 	(void)state;
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir_);
-	return system(cmd) == 0 ? 0 : -1;
+	if (system(cmd) != 0)
+		return -1;
+	return rdt_fd_teardown(state);
 }
 
 static bool have(const char *prog)
