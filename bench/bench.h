@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #define BENCH_REPS_MIN 5
+#define BENCH_CHILD_MAX_S 1800 /* no process the benchmark forks lives longer */
 
 /* How much work each scenario does: full, --quick or --smoke. */
 struct bench_scale {
@@ -36,7 +37,7 @@ struct bench_opts {
 	const char *attach;      /* command run around a profile load, {pid} = daemon, or NULL */
 	const char *plot_data;   /* notify samples go here, or NULL */
 	const char *only;        /* comma-separated scenario groups, or NULL for all */
-	const char *profile;     /* profile load: "throughput", "throughput100", "notify" */
+	const char *profile;     /* profile load: throughput, throughput100, notify, handoff */
 	long profile_count;      /* rounds or round trips of the profile load */
 	bool json;
 	bool smoke;
@@ -79,6 +80,8 @@ void bench_daemon_stop(struct bench_daemon *d);
 /* Fork a child that runs fn(arg) and exits with its return value. The child dies with
  * the benchmark (PR_SET_PDEATHSIG). Returns the pid or -errno. */
 pid_t bench_fork(int (*fn)(void *), void *arg);
+/* A process that SIGTERMs the benchmark after 'seconds': every run is bounded. */
+pid_t bench_watchdog(int seconds);
 /* SIGKILL (sig = 0) or 'sig' a process the benchmark started, and reap it, bounded. */
 int bench_stop_pid(pid_t pid, int sig);
 /* Stop every child still recorded (at exit, or after a failure). */
@@ -133,5 +136,7 @@ int bench_idle(struct bench_run *run, struct bench_daemon *d);
 long bench_profile_throughput(struct bench_opts *o, struct bench_daemon *d, int nclients,
 			      long rounds);
 long bench_profile_notify(struct bench_opts *o, struct bench_daemon *d, long trips);
+/* 'iters' times: ADD 253, DEL 253; returns the fds registered. */
+long bench_profile_handoff(struct bench_opts *o, struct bench_daemon *d, long iters);
 
 #endif

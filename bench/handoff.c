@@ -172,7 +172,7 @@ int bench_handoff(struct bench_run *run, struct bench_daemon *d)
 	const struct bench_scale *sc = &run->o->sc;
 	int nr = sc->reps < 64 ? sc->reps : 64;
 	int fds[BATCH], sv[2] = { -1, -1 }, rp[2] = { -1, -1 }, r = 0;
-	double rd[2][64], fl[2][64];
+	double rd[2][64], fl[2][64], cpu[2] = { 0, 0 };
 	rd_client *c = NULL;
 	pid_t pid = 0;
 
@@ -205,8 +205,11 @@ int bench_handoff(struct bench_run *run, struct bench_daemon *d)
 		for (int k = 0; k < 2; k++) {
 			bool fl_first = rep % 2;
 			bool do_floor = fl_first ? k == 0 : k == 1;
+			pid_t srv = do_floor ? pid : d->pid;
+			int64_t c0 = bench_cpu_ns(srv);
 			double v1 = do_floor ? floor_rate(sv[0], fds, BATCH, sc->handoff_iters)
 					     : readyd_rate(c, fds, BATCH, sc->handoff_iters);
+			cpu[do_floor] += (double)(bench_cpu_ns(srv) - c0);
 			double v2 = do_floor ? floor_rate(sv[0], fds, 1, sc->handoff_single)
 					     : readyd_rate(c, fds, 1, sc->handoff_single);
 			if (v1 < 0 || v2 < 0) {
@@ -223,8 +226,11 @@ int bench_handoff(struct bench_run *run, struct bench_daemon *d)
 	x->readyd = bench_median(rd[0], nr);
 	x->baseline = bench_median(fl[0], nr);
 	x->reps = nr;
-	snprintf(x->note, sizeof(x->note), "ADD of %d fds, reply awaited, then DEL of %d; %d times per repetition",
-		 BATCH, BATCH, sc->handoff_iters);
+	double nfd = (double)nr * sc->handoff_iters * BATCH;
+	snprintf(x->note, sizeof(x->note),
+		 "ADD of %d fds, reply awaited, then DEL of %d; %d times per repetition; server CPU "
+		 "ns per fd: readyd %.0f, floor %.0f", BATCH, BATCH, sc->handoff_iters, cpu[0] / nfd,
+		 cpu[1] / nfd);
 	x = bench_add(run, "handoff_rate_single", "fds/s", true, "scm_rights+epoll_ctl");
 	x->readyd = bench_median(rd[1], nr);
 	x->baseline = bench_median(fl[1], nr);
@@ -242,6 +248,26 @@ out:
 		if (rp[i] >= 0)
 			close(rp[i]);
 	}
+	for (int i = 0; i < BATCH; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	return r;
+}
+
+long bench_profile_handoff(struct bench_opts *o, struct bench_daemon *d, long iters)
+{
+	(void)o;
+	int fds[BATCH];
+	rd_client *c = NULL;
+	long r = 0;
+	for (int i = 0; i < BATCH; i++)
+		fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	r = rd_open(&c, d->sock);
+	if (r == 0 && iters > 0) {
+		double v = readyd_rate(c, fds, BATCH, (int)iters);
+		r = v < 0 ? (long)v : iters * BATCH;
+	}
+	rd_close(c);
 	for (int i = 0; i < BATCH; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);

@@ -167,7 +167,7 @@ static int ping(const struct notify_fds *f, int warm, int n, double *out, int ti
 
 /* Start the processes of one mode, time the round trips, stop the processes. */
 static int notify_phase(int mode, struct bench_daemon *d, const struct notify_fds *f, int warm,
-			int n, double *out, int daemon_fds, int timeout_s)
+			int n, double *out, int daemon_fds, int timeout_s, uint64_t cpu[3])
 {
 	int rp[2], q[2] = { -1, -1 };
 	pid_t pids[2] = { 0, 0 };
@@ -208,7 +208,17 @@ static int notify_phase(int mode, struct bench_daemon *d, const struct notify_fd
 			goto out;
 		}
 	}
+	/* CPU time of the middle process (readyd, the relay; none for direct) and of the
+	 * client, per round trip. */
+	pid_t mid = mode == MODE_READYD ? d->pid : mode == MODE_RELAY ? pids[0] : 0;
+	pid_t cli = pids[npids - 1];
+	int64_t m0 = mid ? bench_cpu_ns(mid) : 0, c0 = bench_cpu_ns(cli);
 	r = ping(f, warm, n, out, timeout_s);
+	if (r == 0 && cpu) {
+		cpu[0] += (uint64_t)((mid ? bench_cpu_ns(mid) : 0) - m0);
+		cpu[1] += (uint64_t)(bench_cpu_ns(cli) - c0);
+		cpu[2] += (uint64_t)(warm + n);
+	}
 	if (r < 0)
 		fprintf(stderr, "readyd-bench: notify %s: round trip failed: %s\n", mode_name[mode],
 			strerror(-r));
@@ -250,16 +260,20 @@ static void notify_fds_close(struct notify_fds *f)
 	close(f->reply_w);
 }
 
+static double cpu_us(const uint64_t cpu[3], int which)
+{
+	return cpu[2] ? (double)cpu[which] / 1000.0 / (double)cpu[2] : 0.0 / 0.0;
+}
+
 /* Pooled samples of one mode, thinned to at most 'max' points, as a CDF block. */
 static void write_cdf(FILE *out, const char *name, double *v, int n, int max)
 {
 	bench_quantile(v, n, 0.5); /* sorts */
 	fprintf(out, "# %s: %d samples; latency_us fraction_at_or_below\n", name, n);
-	int step = n > max ? n / max : 1;
-	for (int i = 0; i < n; i += step)
+	/* Thin the body, keep every sample of the slowest 1% (the tail plot needs them). */
+	int step = n > max ? n / max : 1, tail = n - n / 100;
+	for (int i = 0; i < n; i += i >= tail ? 1 : step)
 		fprintf(out, "%.3f %.6f\n", v[i], (double)(i + 1) / n);
-	if (n > 0 && (n - 1) % step)
-		fprintf(out, "%.3f %.6f\n", v[n - 1], 1.0);
 	fprintf(out, "\n\n");
 }
 
@@ -273,6 +287,7 @@ int bench_notify(struct bench_run *run, struct bench_daemon *d)
 		return r;
 	double *all[MODE_N];
 	double p50[MODE_N][64], p99[MODE_N][64];
+	uint64_t cpu[MODE_N][3] = { { 0 } };
 	double *tmp = malloc(sizeof(double) * (size_t)n);
 	for (int m = 0; m < MODE_N; m++)
 		all[m] = malloc(sizeof(double) * (size_t)n * (size_t)reps);
@@ -290,7 +305,7 @@ int bench_notify(struct bench_run *run, struct bench_daemon *d)
 				int m = (rep + ch + k) % MODE_N;
 				int cnt = ch == chunks - 1 ? n - per * ch : per;
 				double *s = all[m] + (size_t)rep * (size_t)n + (size_t)(per * ch);
-				r = notify_phase(m, d, &f, sc->notify_warmup, cnt, s, daemon_fds, 30);
+				r = notify_phase(m, d, &f, sc->notify_warmup, cnt, s, daemon_fds, 30, cpu[m]);
 				if (r < 0)
 					goto out;
 			}
@@ -310,7 +325,11 @@ int bench_notify(struct bench_run *run, struct bench_daemon *d)
 	x->readyd = bench_median(p50[MODE_READYD], nr);
 	x->baseline = bench_median(p50[MODE_RELAY], nr);
 	x->reps = nr;
-	snprintf(x->note, sizeof(x->note), "median over %d repetitions of the p50 of %d round trips", nr, n);
+	snprintf(x->note, sizeof(x->note),
+		 "median over %d repetitions of the p50 of %d round trips; CPU us per round trip: "
+		 "readyd %.2f (client %.2f), relay %.2f (client %.2f), direct client %.2f", nr, n,
+		 cpu_us(cpu[MODE_READYD], 0), cpu_us(cpu[MODE_READYD], 1), cpu_us(cpu[MODE_RELAY], 0),
+		 cpu_us(cpu[MODE_RELAY], 1), cpu_us(cpu[MODE_DIRECT], 1));
 	x = bench_add(run, "notify_rtt_p99", "us", false, "relay");
 	x->readyd = bench_median(p99[MODE_READYD], nr);
 	x->baseline = bench_median(p99[MODE_RELAY], nr);
@@ -357,7 +376,7 @@ long bench_profile_notify(struct bench_opts *o, struct bench_daemon *d, long tri
 		notify_fds_close(&f);
 		return -ENOMEM;
 	}
-	r = notify_phase(MODE_READYD, d, &f, 0, (int)trips, s, bench_count_fds(d->pid), 600);
+	r = notify_phase(MODE_READYD, d, &f, 0, (int)trips, s, bench_count_fds(d->pid), 600, NULL);
 	free(s);
 	notify_fds_close(&f);
 	return r < 0 ? r : trips;

@@ -25,6 +25,8 @@ bool bench_verbose;
 
 static pid_t children[CHILDREN_MAX];
 static int nchildren;
+/* The daemon running now, for cleanup after a signal. */
+static struct bench_daemon *live_daemon;
 
 static void remember(pid_t pid)
 {
@@ -130,6 +132,7 @@ int bench_daemon_start(struct bench_daemon *d, const char *bin, const char *wrap
 	}
 	d->pid = pid;
 	remember(pid);
+	live_daemon = d;
 	/* valgrind takes seconds to start: allow 30 s, in 10 ms steps. */
 	for (int i = 0; i < 3000; i++) {
 		if (try_connect(d->sock) == 0) {
@@ -150,6 +153,8 @@ int bench_daemon_start(struct bench_daemon *d, const char *bin, const char *wrap
 
 void bench_daemon_stop(struct bench_daemon *d)
 {
+	if (live_daemon == d)
+		live_daemon = NULL;
 	if (d->pid > 0)
 		bench_stop_pid(d->pid, SIGTERM);
 	d->pid = 0;
@@ -172,10 +177,29 @@ pid_t bench_fork(int (*fn)(void *), void *arg)
 			_exit(1);
 		nchildren = 0; /* the parent's children are not ours to stop */
 		signal(SIGPIPE, SIG_IGN);
+		alarm(BENCH_CHILD_MAX_S); /* every child's life is bounded, whatever happens */
 		_exit(fn(arg) & 0xff);
 	}
 	remember(pid);
 	return pid;
+}
+
+static int watchdog(void *arg)
+{
+	int seconds = *(const int *)arg;
+	alarm(0);
+	for (int i = 0; i < seconds * 10 && getppid() != 1; i++)
+		bench_sleep_ms(100);
+	static const char msg[] = "readyd-bench: watchdog: run took too long; stopping it\n";
+	if (write(2, msg, sizeof(msg) - 1) < 0)
+		return 1;
+	kill(getppid(), SIGTERM);
+	return 1;
+}
+
+pid_t bench_watchdog(int seconds)
+{
+	return bench_fork(watchdog, &seconds);
 }
 
 int bench_stop_pid(pid_t pid, int sig)
@@ -207,6 +231,11 @@ void bench_stop_all(void)
 		if (children[i] > 0)
 			waitpid(children[i], NULL, 0);
 	nchildren = 0;
+	if (live_daemon) {
+		unlink(live_daemon->sock);
+		rmdir(live_daemon->dir);
+		live_daemon = NULL;
+	}
 }
 
 pid_t bench_spawn_cmd(const char *cmdline, pid_t target)

@@ -319,14 +319,18 @@ static void usage(FILE *f)
 		"  --verbose         every repetition's numbers on stderr\n"
 		"\n"
 		"Profiling (one fixed load, no table):\n"
-		"  --profile LOAD    throughput, throughput100 or notify\n"
-		"  --count N         rounds (throughput) or round trips (notify); 0: setup only\n"
+		"  --profile LOAD    throughput, throughput100, notify or handoff\n"
+		"  --count N         rounds (throughput), round trips (notify) or ADD+DEL of 253\n"
+		"                    (handoff); 0: setup only. Prints the events (fds) handled\n"
 		"  --daemon-wrap CMD prefix the daemon's command line (e.g. valgrind --tool=callgrind ...)\n"
 		"  --attach CMD      run CMD ({pid} = the daemon's pid) for the whole load, then SIGINT it\n");
 }
 
 static void on_signal(int sig)
 {
+	static const char msg[] = "readyd-bench: stopped by a signal\n";
+	if (write(2, msg, sizeof(msg) - 1) < 0)
+		sig = SIGTERM;
 	bench_stop_all();
 	signal(sig, SIG_DFL);
 	raise(sig);
@@ -350,6 +354,8 @@ static int run_profile(struct bench_opts *o)
 		ev = bench_profile_notify(o, &d, o->profile_count);
 	else if (strcmp(o->profile, "throughput") == 0)
 		ev = bench_profile_throughput(o, &d, 1, o->profile_count);
+	else if (strcmp(o->profile, "handoff") == 0)
+		ev = bench_profile_handoff(o, &d, o->profile_count);
 	else if (strcmp(o->profile, "throughput100") == 0)
 		ev = bench_profile_throughput(o, &d, o->sc.tput_clients, o->profile_count);
 	else
@@ -464,6 +470,9 @@ int main(int argc, char **argv)
 	signal(SIGTERM, on_signal);
 	atexit(bench_stop_all);
 
+	/* Full runs take about a minute, --quick some seconds; far beyond that, something
+	 * hangs: stop rather than wait forever. */
+	bench_watchdog(o.profile ? 1800 : o.smoke ? 60 : o.sc.idle_window_ms >= 10000 ? 600 : 180);
 	if (o.profile)
 		return run_profile(&o);
 

@@ -155,7 +155,8 @@ static int run_rounds(struct tput *t, long rounds, int small, int large, int tim
 /* One phase: start readyd's clients or the relay and its clients, run the rounds, stop
  * them. Adds to *events and *ns; returns 0 or -errno. */
 static int tput_phase(struct tput *t, bool relay, int warm, long rounds, int small, int large,
-		      pid_t daemon, int daemon_fds, int timeout_ms, uint64_t *events, uint64_t *ns)
+		      pid_t daemon, int daemon_fds, int timeout_ms, uint64_t *events, uint64_t *ns,
+		      uint64_t cpu[2])
 {
 	int rp[2];
 	pid_t pids[CLIENTS_MAX + 1];
@@ -187,8 +188,20 @@ static int tput_phase(struct tput *t, bool relay, int warm, long rounds, int sma
 		}
 	}
 	r = run_rounds(t, warm, small, large, timeout_ms, &wev, &wns);
+	/* CPU time of the middle process (readyd or the relay) and of the clients. */
+	pid_t mid = relay ? pids[0] : daemon;
+	int64_t m0 = bench_cpu_ns(mid), c0 = 0;
+	for (int i = relay; i < npids; i++)
+		c0 += bench_cpu_ns(pids[i]);
 	if (r == 0)
 		r = run_rounds(t, rounds, small, large, timeout_ms, events, ns);
+	if (r == 0 && cpu) {
+		int64_t c1 = 0;
+		for (int i = relay; i < npids; i++)
+			c1 += bench_cpu_ns(pids[i]);
+		cpu[0] += (uint64_t)(bench_cpu_ns(mid) - m0);
+		cpu[1] += (uint64_t)(c1 - c0);
+	}
 	if (r == 0) {
 		/* Every event once: more would mean the rounds were not what we think. */
 		bench_sleep_ms(2);
@@ -259,7 +272,7 @@ int bench_throughput(struct bench_run *run, struct bench_daemon *d, int nclients
 {
 	const struct bench_scale *sc = &run->o->sc;
 	struct tput t;
-	double rd[64], rl[64];
+	double rd[64], rl[64], cpu_rd[2][64], cpu_rl[2][64];
 	int nr = sc->reps < 64 ? sc->reps : 64;
 	int chunks = sc->chunks > 0 ? sc->chunks : 1;
 	long per_chunk = (sc->tput_rounds / chunks + 1) & ~1L; /* as many small rounds as large */
@@ -272,19 +285,25 @@ int bench_throughput(struct bench_run *run, struct bench_daemon *d, int nclients
 	for (int rep = 0; rep < nr; rep++) {
 		/* A repetition is 'chunks' phases of each, alternating, each with fresh
 		 * processes: one unlucky placement of three processes on two CPUs is diluted. */
-		uint64_t ev[2] = { 0, 0 }, ns[2] = { 0, 0 };
+		uint64_t ev[2] = { 0, 0 }, ns[2] = { 0, 0 }, cpu[2][2] = { { 0, 0 }, { 0, 0 } };
 		for (int c = 0; c < 2 * chunks; c++) {
 			bool relay = (rep + c) % 2;
 			r = tput_phase(&t, relay, 2, per_chunk, sc->tput_small, sc->tput_regs, d->pid,
-				       daemon_fds, 10000, &ev[relay], &ns[relay]);
+				       daemon_fds, 10000, &ev[relay], &ns[relay], cpu[relay]);
 			if (r < 0)
 				goto out;
 		}
 		rd[rep] = ns[0] ? (double)ev[0] * 1e9 / (double)ns[0] : 0;
 		rl[rep] = ns[1] ? (double)ev[1] * 1e9 / (double)ns[1] : 0;
+		for (int k = 0; k < 2; k++) {
+			cpu_rd[k][rep] = ev[0] ? (double)cpu[0][k] / (double)ev[0] : 0;
+			cpu_rl[k][rep] = ev[1] ? (double)cpu[1][k] / (double)ev[1] : 0;
+		}
 		if (bench_verbose)
-			fprintf(stderr, "throughput %d clients rep %d: readyd %.0f relay %.0f events/s\n",
-				nclients, rep, rd[rep], rl[rep]);
+			fprintf(stderr, "throughput %d clients rep %d: readyd %.0f relay %.0f events/s; "
+				"CPU ns/event: readyd %.1f, its clients %.1f; relay %.1f, its clients %.1f\n",
+				nclients, rep, rd[rep], rl[rep], cpu_rd[0][rep], cpu_rd[1][rep],
+				cpu_rl[0][rep], cpu_rl[1][rep]);
 	}
 	struct bench_result *x = bench_add(run, nclients == 1 ? "event_throughput" : "event_throughput_100_clients",
 					   "events/s", true, "relay");
@@ -293,8 +312,10 @@ int bench_throughput(struct bench_run *run, struct bench_daemon *d, int nclients
 	x->reps = nr;
 	snprintf(x->note, sizeof(x->note),
 		 "%d client%s, %d registrations; per repetition %ld rounds (%d ready, then %d) in %d "
-		 "phases of each", nclients, nclients == 1 ? "" : "s", sc->tput_regs,
-		 per_chunk * chunks, sc->tput_small, sc->tput_regs, chunks);
+		 "phases of each; CPU ns/event: readyd %.0f (clients %.0f), relay %.0f (clients %.0f)",
+		 nclients, nclients == 1 ? "" : "s", sc->tput_regs, per_chunk * chunks, sc->tput_small,
+		 sc->tput_regs, chunks, bench_median(cpu_rd[0], nr), bench_median(cpu_rd[1], nr),
+		 bench_median(cpu_rl[0], nr), bench_median(cpu_rl[1], nr));
 	r = 0;
 out:
 	tput_close(&t);
@@ -309,7 +330,7 @@ long bench_profile_throughput(struct bench_opts *o, struct bench_daemon *d, int 
 	if (r < 0)
 		return r;
 	r = tput_phase(&t, false, 0, rounds, o->sc.tput_small, o->sc.tput_regs, d->pid,
-		       bench_count_fds(d->pid), 600000, &events, &ns);
+		       bench_count_fds(d->pid), 600000, &events, &ns, NULL);
 	tput_close(&t);
 	return r < 0 ? r : (long)events;
 }
