@@ -143,16 +143,24 @@ static bool notify_expect(int fd, const char *want, char *buf, size_t cap)
 	return false;
 }
 
+/* Our own NOTIFY_SOCKET: a datagram socket bound at path, as systemd's would be. */
+static int notify_socket(const char *path)
+{
+	int n = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	assert_true(n >= 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	assert_int_equal(bind(n, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return n;
+}
+
 static void test_sd_notify(void **state)
 {
 	(void)state;
 	char nsock[96], sock[96], buf[512];
 	snprintf(nsock, sizeof(nsock), "%s/notify", dir_);
 	snprintf(sock, sizeof(sock), "%s/readyd.sock", dir_);
-	int n = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", nsock);
-	assert_int_equal(bind(n, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	int n = notify_socket(nsock);
 
 	pid_t pid = fork();
 	assert_true(pid >= 0);
@@ -212,10 +220,7 @@ static void test_reload(void **state)
 	snprintf(sock, sizeof(sock), "%s/readyd.sock", dir_);
 	snprintf(cfg, sizeof(cfg), "%s/readyd.json", dir_);
 	write_file(cfg, "{\"limits\": {\"registrations_per_client\": 2}}");
-	int n = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", nsock);
-	assert_int_equal(bind(n, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	int n = notify_socket(nsock);
 
 	pid_t pid = fork();
 	assert_true(pid >= 0);
