@@ -360,10 +360,7 @@ static int flush_events(struct rdd *d, struct rdd_client *c, uint32_t budget)
 			return set_out_interest(d, c, true) < 0 ? -EIO : 1;
 		if (r < 0)
 			return r;
-		for (uint32_t i = 0; i < n; i++) {
-			uint32_t slot = rdd_queue_pop(&c->ready, s);
-			s->regs[slot].pending = 0;
-		}
+		rdd_queue_deliver(&c->ready, s, n);
 		c->events_delivered += n;
 		d->events_delivered += n;
 	}

@@ -2,6 +2,7 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,9 @@ void rdd_slab_fini(struct rdd_slab *s)
 	*s = (struct rdd_slab){ .free_head = RDD_NIL };
 }
 
+/* Grow without touching the new slots: they are initialised one at a time as they are
+ * first handed out (below the high-water mark), so pages of a large slab that no
+ * registration has reached yet are never made resident. */
 static int slab_grow(struct rdd_slab *s)
 {
 	uint32_t ncap = s->cap ? s->cap * 2 : SLAB_MIN;
@@ -27,10 +31,6 @@ static int slab_grow(struct rdd_slab *s)
 	struct rdd_reg *n = realloc(s->regs, (size_t)ncap * sizeof(*n));
 	if (!n)
 		return -ENOMEM;
-	/* Chain the new slots into the free list, lowest first. */
-	for (uint32_t i = s->cap; i < ncap; i++)
-		n[i] = (struct rdd_reg){ .fd = -1, .qnext = i + 1 < ncap ? i + 1 : s->free_head };
-	s->free_head = s->cap;
 	s->regs = n;
 	s->cap = ncap;
 	return 0;
@@ -38,17 +38,22 @@ static int slab_grow(struct rdd_slab *s)
 
 int rdd_slab_alloc(struct rdd_slab *s, uint32_t *slot)
 {
-	if (s->free_head == RDD_NIL) {
-		int r = slab_grow(s);
-		if (r < 0)
-			return r;
+	uint32_t i, gen = 0;
+	if (s->free_head != RDD_NIL) {
+		/* Freed slots first, so the slab only grows when full. */
+		i = s->free_head;
+		s->free_head = s->regs[i].qnext;
+		gen = s->regs[i].gen;
+	} else {
+		if (s->hwm == s->cap) {
+			int r = slab_grow(s);
+			if (r < 0)
+				return r;
+		}
+		i = s->hwm++;
 	}
-	uint32_t i = s->free_head;
-	struct rdd_reg *r = &s->regs[i];
-	s->free_head = r->qnext;
-	uint32_t gen = r->gen;
-	*r = (struct rdd_reg){ .fd = -1, .gen = gen, .qnext = RDD_NIL, .qprev = RDD_NIL,
-			       .state = RDD_REG_LIVE };
+	s->regs[i] = (struct rdd_reg){ .fd = -1, .gen = gen, .qnext = RDD_NIL, .qprev = RDD_NIL,
+				       .state = RDD_REG_LIVE };
 	s->used++;
 	*slot = i;
 	return 0;
@@ -65,7 +70,7 @@ void rdd_slab_free(struct rdd_slab *s, uint32_t slot)
 
 struct rdd_reg *rdd_slab_lookup(struct rdd_slab *s, uint32_t slot, uint32_t gen)
 {
-	if (slot >= s->cap)
+	if (slot >= s->hwm)
 		return NULL;
 	struct rdd_reg *r = &s->regs[slot];
 	if (!(r->state & RDD_REG_LIVE) || r->gen != (gen & RDD_GEN_MASK))
@@ -78,7 +83,9 @@ struct rdd_reg *rdd_slab_lookup(struct rdd_slab *s, uint32_t slot, uint32_t gen)
  * only in low bits) still spread. */
 static uint32_t home_of(uint64_t token, uint32_t mask)
 {
-	unsigned bits = (unsigned)__builtin_popcount(mask);
+	/* mask + 1 is a power of two >= 16: its log2 is 31 - clz (one instruction, where
+	 * popcount without -mpopcnt is a library call). */
+	unsigned bits = 31u - (unsigned)__builtin_clz(mask + 1);
 	return (uint32_t)((token * 0x9e3779b97f4a7c15ull) >> (64 - bits));
 }
 
@@ -130,6 +137,10 @@ int rdd_tokmap_insert(struct rdd_tokmap *m, const struct rdd_slab *s, uint32_t s
 		free(m->slots);
 		m->slots = n;
 		m->mask = ncap - 1;
+		/* A large old array below the mmap threshold would stay resident in the
+		 * heap: give it back. Grows are rare (log n times), so is this. */
+		if ((size_t)cap * sizeof(*n) >= 64 * 1024)
+			malloc_trim(0);
 	}
 	place(m->slots, m->mask, slot, s->regs[slot].token);
 	m->count++;
@@ -206,4 +217,23 @@ uint32_t rdd_queue_pop(struct rdd_queue *q, struct rdd_slab *s)
 	if (slot != RDD_NIL)
 		rdd_queue_remove(q, s, slot);
 	return slot;
+}
+
+void rdd_queue_deliver(struct rdd_queue *q, struct rdd_slab *s, uint32_t n)
+{
+	uint32_t slot = q->head;
+	for (uint32_t i = 0; i < n && slot != RDD_NIL; i++) {
+		struct rdd_reg *r = &s->regs[slot];
+		uint32_t next = r->qnext;
+		r->qnext = r->qprev = RDD_NIL;
+		r->state &= (uint8_t)~RDD_REG_QUEUED;
+		r->pending = 0;
+		q->len--;
+		slot = next;
+	}
+	q->head = slot;
+	if (slot == RDD_NIL)
+		q->tail = RDD_NIL;
+	else
+		s->regs[slot].qprev = RDD_NIL;
 }

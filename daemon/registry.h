@@ -35,9 +35,10 @@ _Static_assert(sizeof(struct rdd_reg) == 40, "registration size");
 
 struct rdd_slab {
 	struct rdd_reg *regs;
-	uint32_t cap;
-	uint32_t used;
-	uint32_t free_head;
+	uint32_t cap;       /* slots allocated */
+	uint32_t hwm;       /* slots ever handed out: those below are initialised */
+	uint32_t used;      /* live registrations */
+	uint32_t free_head; /* freed slots, chained through qnext */
 };
 
 int rdd_slab_init(struct rdd_slab *s);
@@ -82,5 +83,8 @@ bool rdd_queue_push(struct rdd_queue *q, struct rdd_slab *s, uint32_t slot);
 void rdd_queue_remove(struct rdd_queue *q, struct rdd_slab *s, uint32_t slot);
 /* Unlink and return the head, or RDD_NIL. */
 uint32_t rdd_queue_pop(struct rdd_queue *q, struct rdd_slab *s);
+/* The first n were delivered: unlink them and clear their pending readiness, in one
+ * walk. */
+void rdd_queue_deliver(struct rdd_queue *q, struct rdd_slab *s, uint32_t n);
 
 #endif
