@@ -106,16 +106,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "readyd: %s: %s\n", cpath, err);
 		return 1;
 	}
-	char defpath[108];
-	if (!socket_path)
-		socket_path = cfg.socket;
-	if (!socket_path) {
-		if (rdp_default_socket_path(defpath, sizeof(defpath)) < 0) {
-			fprintf(stderr, "readyd: default socket path is too long\n");
-			return 1;
-		}
-		socket_path = defpath;
-	}
 
 	struct rdd d = {
 		.epfd = -1,
@@ -127,6 +117,7 @@ int main(int argc, char **argv)
 		.config_path = cpath,
 		.config_required = config_path != NULL,
 		.cmdline_log_level = level,
+		.socket_cmdline = socket_path != NULL,
 		.start_usec = rdd_now_usec(CLOCK_MONOTONIC),
 	};
 	/* The log level first, so that raising the fd limit logs at the right level. */
@@ -153,8 +144,21 @@ int main(int argc, char **argv)
 	r = rdd_listen_activated(&d);
 	if (r < 0)
 		goto finish;
-	if (r == 0 && rdd_listen(&d, socket_path) < 0)
-		goto finish;
+	if (r == 0) {
+		/* Resolved only when we bind ourselves: under activation it is unused. */
+		char defpath[108];
+		if (!socket_path)
+			socket_path = cfg.socket;
+		if (!socket_path) {
+			if (rdp_default_socket_path(defpath, sizeof(defpath)) < 0) {
+				log_err("the default socket path is too long (at most 107 bytes)");
+				goto finish;
+			}
+			socket_path = defpath;
+		}
+		if (rdd_listen(&d, socket_path) < 0)
+			goto finish;
+	}
 	r = rdd_notify_init(&d);
 	if (r < 0)
 		log_warning("sd_notify timer: %s", strerror(-r));

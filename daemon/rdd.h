@@ -109,6 +109,7 @@ struct rdd {
 	struct rdd_policy *policy; /* NULL: everyone may connect; root and us administer */
 	const char *config_path;  /* read again on SIGHUP */
 	bool config_required;     /* given with --config: a missing file is an error */
+	bool socket_cmdline;      /* --socket given: a config's socket never applies */
 	int cmdline_log_level;    /* --log-level, which a config never overrides; or -1 */
 	uint64_t nofile;          /* RLIMIT_NOFILE after raising it */
 	uint64_t start_usec;  /* CLOCK_MONOTONIC */
@@ -138,6 +139,10 @@ void rdd_listen_resume(struct rdd *d);
 /* Block SIGTERM, SIGINT and SIGHUP and take them through a signalfd in the loop. */
 int rdd_signals_init(struct rdd *d);
 int rdd_run(struct rdd *d);
+/* One turn of the loop, the body of rdd_run: wait up to 'timeout' ms, dispatch, harvest
+ * more while batches come back full, then service the clients with work. Returns the
+ * number of events, or -errno. */
+int rdd_loop_once(struct rdd *d, int timeout);
 uint64_t rdd_now_usec(int clock);
 
 /* reload.c: the configuration file, applied at start and again on SIGHUP. */

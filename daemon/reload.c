@@ -85,7 +85,9 @@ void rdd_reload(struct rdd *d)
 	if (rdd_config_load(d->config_path, d->config_required, &cfg, err, sizeof(err)) < 0) {
 		log_err("reload: %s: %s; keeping the running configuration", d->config_path, err);
 	} else {
-		if (cfg.socket && (!d->socket_path || strcmp(cfg.socket, d->socket_path) != 0))
+		/* Only a socket we bound from the config can be outdated by it. */
+		if (cfg.socket && d->socket_path && !d->socket_cmdline &&
+		    strcmp(cfg.socket, d->socket_path) != 0)
 			log_warning("reload: a new socket path takes a restart; still serving the old one");
 		rdd_config_apply(d, &cfg);
 		rdd_config_fini(&cfg);

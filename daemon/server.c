@@ -95,10 +95,14 @@ int rdd_listen_activated(struct rdd *d)
 			close(fd);
 			continue;
 		}
-		int fl = fcntl(fd, F_GETFL);
-		if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
-		    fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || add_listener(d, fd) < 0) {
-			log_err("cannot use passed fd %d (%s): %s", fd, name, strerror(errno));
+		int fl = fcntl(fd, F_GETFL), r = 0;
+		if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+			r = -errno;
+		else
+			r = add_listener(d, fd);
+		if (r < 0) {
+			log_err("cannot use passed fd %d (%s): %s", fd, name,
+				r == -EMFILE ? "more than 16 listening sockets" : strerror(-r));
 			close(fd);
 			continue;
 		}
@@ -364,37 +368,48 @@ static void shutdown_all(struct rdd *d)
 	}
 }
 
-int rdd_run(struct rdd *d)
+/* One turn of the loop: wait up to 'timeout' ms (epoll_wait's meaning), dispatch what
+ * arrived, then service the clients with work. Returns the number of events, 0 when
+ * interrupted by a signal, or -errno when epoll_wait fails. */
+int rdd_loop_once(struct rdd *d, int timeout)
 {
 	struct epoll_event evs[EPOLL_BATCH];
+	int n = 0, total = 0;
+
+	for (int round = 0; round < HARVEST_ROUNDS; round++) {
+		n = epoll_wait(d->epfd, evs, EPOLL_BATCH, round ? 0 : timeout);
+		if (n < 0) {
+			if (errno == EINTR)
+				break;
+			int r = -errno;
+			log_err("epoll_wait: %s", strerror(-r));
+			return r;
+		}
+		if (n == 0 && round == 0 && timeout != 0 && d->accept_paused)
+			rdd_listen_resume(d);
+		dispatch(d, evs, n);
+		total += n;
+		if (n < EPOLL_BATCH)
+			break;
+	}
+	service_dirty(d);
+	return total;
+}
+
+int rdd_run(struct rdd *d)
+{
 	int r = 0;
 
 	rdd_notify_ready(d);
 
 	while (!d->stopping) {
 		int timeout = d->dirty.n ? 0 : d->accept_paused ? 1000 : -1;
-		int n = 0;
-		bool timed_out = false;
-		for (int round = 0; round < HARVEST_ROUNDS; round++) {
-			n = epoll_wait(d->epfd, evs, EPOLL_BATCH, round ? 0 : timeout);
-			timed_out = round == 0 && n == 0;
-			if (n <= 0)
-				break;
-			dispatch(d, evs, n);
-			if (n < EPOLL_BATCH)
-				break;
-		}
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			r = -errno;
-			log_err("epoll_wait: %s", strerror(-r));
+		r = rdd_loop_once(d, timeout);
+		if (r < 0)
 			break;
-		}
-		if (timed_out && d->accept_paused)
-			rdd_listen_resume(d);
-		service_dirty(d);
 	}
+	if (r > 0)
+		r = 0;
 	rdd_notify_stopping(d);
 	shutdown_all(d);
 	return r;
