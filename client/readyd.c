@@ -200,9 +200,9 @@ static int recv_msg(rd_client *c, int timeout_ms)
 }
 
 /* Keep the records of the EVENTS message in c->rx for rd_wait. */
-static int keep_events(rd_client *c)
+static int keep_events_from(rd_client *c, uint32_t first)
 {
-	for (uint32_t i = 0; i < c->rx_hdr.count; i++) {
+	for (uint32_t i = first; i < c->rx_hdr.count; i++) {
 		struct rdp_event e;
 		rdp_event_get(c->rx, i, &e);
 		struct rd_event ev = { .token = e.token, .ready = e.ready, .tick = e.tick };
@@ -210,6 +210,11 @@ static int keep_events(rd_client *c)
 			return fail(c, -ENOMEM);
 	}
 	return 0;
+}
+
+static int keep_events(rd_client *c)
+{
+	return keep_events_from(c, 0);
 }
 
 /* Read until the answer of type 'type' to request 'id' is in c->rx. Answers come in
@@ -562,23 +567,20 @@ int rd_wait(rd_client *c, struct rd_event *ev, size_t max, int timeout_ms)
 		return (int)take_queued(c, ev, max);
 	if (c->dead)
 		return c->dead;
-	int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
-	for (;;) {
-		int left = timeout_ms;
-		if (timeout_ms > 0) {
-			int64_t l = deadline - now_ms();
-			left = l > 0 ? (int)l : 0;
-		}
-		int r = recv_msg(c, left);
-		if (r <= 0)
-			return r;
-		if (c->rx_hdr.type != RDP_MSG_EVENTS)
-			return fail(c, -EPROTO); /* an answer nobody asked for */
-		r = keep_events(c);
-		if (r < 0)
-			return r;
-		return (int)take_queued(c, ev, max);
+	int r = recv_msg(c, timeout_ms);
+	if (r <= 0)
+		return r;
+	if (c->rx_hdr.type != RDP_MSG_EVENTS)
+		return fail(c, -EPROTO); /* an answer nobody asked for */
+	/* Straight into the caller's array; only what does not fit is kept. */
+	uint32_t n = c->rx_hdr.count < max ? c->rx_hdr.count : (uint32_t)max;
+	for (uint32_t i = 0; i < n; i++) {
+		struct rdp_event e;
+		rdp_event_get(c->rx, i, &e);
+		ev[i] = (struct rd_event){ .token = e.token, .ready = e.ready, .tick = e.tick };
 	}
+	r = keep_events_from(c, n);
+	return r < 0 ? r : (int)n;
 }
 
 int rd_control(rd_client *c, const char *request, char **reply)
