@@ -23,6 +23,23 @@ CMOCKA_LIBS   = $(shell pkg-config --libs cmocka 2>/dev/null)
 SOVERSION := 1
 VERSION   := 1.0.0
 
+# Where `make install` puts things (GNU names, upper case). DESTDIR is prepended to every
+# path and written into none of the installed files. LIBDIR follows the compiler's
+# multiarch triplet when it has one (Debian's /usr/lib/x86_64-linux-gnu); the unit and
+# sysusers directories are systemd's own, from its pkg-config file, when it is installed.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SBINDIR    ?= $(PREFIX)/sbin
+MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null)
+LIBDIR     ?= $(PREFIX)/lib$(if $(MULTIARCH),/$(MULTIARCH))
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR     ?= $(PREFIX)/share/man
+SD_VAR      = $(shell pkg-config --variable=$(1) systemd 2>/dev/null)
+SYSTEMDUNITDIR     ?= $(or $(call SD_VAR,systemdsystemunitdir),$(PREFIX)/lib/systemd/system)
+SYSTEMDUSERUNITDIR ?= $(or $(call SD_VAR,systemduserunitdir),$(PREFIX)/lib/systemd/user)
+SYSUSERSDIR        ?= $(or $(call SD_VAR,sysusersdir),$(PREFIX)/lib/sysusers.d)
+
 PROTO_SRC  := proto/rdp.c proto/rdp_io.c proto/rdp_path.c
 DAEMON_SRC := daemon/main.c daemon/server.c daemon/client.c daemon/registry.c \
               daemon/control.c daemon/config.c daemon/log.c daemon/notify.c daemon/reload.c
@@ -36,14 +53,16 @@ LIB_OBJ    := $(LIB_SRC:%.c=$(B)/obj/%.o)
 CTL_OBJ    := $(CTL_SRC:%.c=$(B)/obj/%.o)
 
 BINS := $(B)/bin/readyd $(B)/bin/readyctl
-LIBS := $(B)/lib/libreadyd.so.$(SOVERSION) $(B)/lib/libreadyd.so $(B)/lib/libreadyd.a
+LIBS := $(B)/lib/libreadyd.so.$(VERSION) $(B)/lib/libreadyd.so.$(SOVERSION) $(B)/lib/libreadyd.so \
+        $(B)/lib/libreadyd.a
 EXAMPLES := $(B)/bin/echo-server
 
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
 INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-systemd
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
-.PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean
+.PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean \
+        install uninstall
 all: $(BINS) $(LIBS) $(EXAMPLES)
 
 # Install what the build (deps) or the tests (deps-test) need, from Debian, when missing.
@@ -114,6 +133,53 @@ check-man:
 		if [ -n "$$out" ]; then echo "$$f:"; echo "$$out"; exit 1; fi; \
 	done; echo "man pages: no warnings"
 
+# make install [PREFIX=/usr] [DESTDIR=/tmp/stage] [BINDIR=...] ...: the binaries, the
+# library (the versioned file, its soname link and its link-time name), the header,
+# readyd.pc, every man page (link pages too), the units with ExecStart pointed at SBINDIR,
+# and the sysusers entry. make uninstall removes those files and nothing else; the
+# directories stay, as other packages may share them.
+INSTALL   ?= install
+MAN_PAGES := $(wildcard man/*.[1-8])
+MAN_SECTIONS := $(sort $(subst .,,$(suffix $(MAN_PAGES))))
+man_path   = $(MANDIR)/man$(subst .,,$(suffix $(1)))/$(notdir $(1))
+INSTALLED  = $(BINDIR)/readyctl $(SBINDIR)/readyd \
+             $(LIBDIR)/libreadyd.so.$(VERSION) $(LIBDIR)/libreadyd.so.$(SOVERSION) \
+             $(LIBDIR)/libreadyd.so $(LIBDIR)/libreadyd.a $(PKGCONFIGDIR)/readyd.pc \
+             $(INCLUDEDIR)/readyd.h $(foreach m,$(MAN_PAGES),$(call man_path,$(m))) \
+             $(SYSTEMDUNITDIR)/readyd.socket $(SYSTEMDUNITDIR)/readyd.service \
+             $(SYSTEMDUSERUNITDIR)/readyd.socket $(SYSTEMDUSERUNITDIR)/readyd.service \
+             $(SYSUSERSDIR)/readyd.conf
+# Run ldconfig after a real (not staged) install or uninstall by root.
+LDCONFIG   = if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+install: $(BINS) $(LIBS)
+	@mkdir -p $(B)/gen/user
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(LIBDIR))|' \
+	    -e 's|@INCLUDEDIR@|$(patsubst $(PREFIX)/%,$${prefix}/%,$(INCLUDEDIR))|' \
+	    -e 's|@VERSION@|$(VERSION)|' client/readyd.pc.in > $(B)/gen/readyd.pc
+	for u in readyd.service user/readyd.service; do \
+		sed 's|^ExecStart=/usr/sbin/readyd|ExecStart=$(SBINDIR)/readyd|' systemd/$$u > $(B)/gen/$$u || exit 1; \
+	done
+	$(INSTALL) -d $(addprefix $(DESTDIR),$(BINDIR) $(SBINDIR) $(LIBDIR) $(PKGCONFIGDIR) \
+		$(INCLUDEDIR) $(addprefix $(MANDIR)/man,$(MAN_SECTIONS)) \
+		$(SYSTEMDUNITDIR) $(SYSTEMDUSERUNITDIR) $(SYSUSERSDIR))
+	$(INSTALL) -m 0755 $(B)/bin/readyctl $(DESTDIR)$(BINDIR)/readyctl
+	$(INSTALL) -m 0755 $(B)/bin/readyd $(DESTDIR)$(SBINDIR)/readyd
+	$(INSTALL) -m 0644 $(B)/lib/libreadyd.so.$(VERSION) $(B)/lib/libreadyd.a $(DESTDIR)$(LIBDIR)/
+	ln -sfn libreadyd.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libreadyd.so.$(SOVERSION)
+	ln -sfn libreadyd.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libreadyd.so
+	$(INSTALL) -m 0644 $(B)/gen/readyd.pc $(DESTDIR)$(PKGCONFIGDIR)/readyd.pc
+	$(INSTALL) -m 0644 client/readyd.h $(DESTDIR)$(INCLUDEDIR)/readyd.h
+	for m in $(MAN_PAGES); do $(INSTALL) -m 0644 $$m $(DESTDIR)$(MANDIR)/man$${m##*.}/ || exit 1; done
+	$(INSTALL) -m 0644 $(B)/gen/readyd.service systemd/readyd.socket $(DESTDIR)$(SYSTEMDUNITDIR)/
+	$(INSTALL) -m 0644 $(B)/gen/user/readyd.service systemd/user/readyd.socket $(DESTDIR)$(SYSTEMDUSERUNITDIR)/
+	$(INSTALL) -m 0644 systemd/readyd.sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/readyd.conf
+	@$(LDCONFIG)
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	@$(LDCONFIG)
+
 $(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE) $(PKG_CFLAGS) $(CMOCKA_CFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
@@ -126,13 +192,17 @@ $(B)/bin/readyd: $(DAEMON_OBJ) $(PROTO_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(B)/lib/libreadyd.so.$(SOVERSION): $(LIB_PIC) client/libreadyd.map
+# The file is named for the full version; the soname and the link-time name are links.
+$(B)/lib/libreadyd.so.$(VERSION): $(LIB_PIC) client/libreadyd.map
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -shared -Wl,-soname,libreadyd.so.$(SOVERSION) \
 		-Wl,--version-script=client/libreadyd.map -o $@ $(LIB_PIC)
 
+$(B)/lib/libreadyd.so.$(SOVERSION): $(B)/lib/libreadyd.so.$(VERSION)
+	ln -sfn libreadyd.so.$(VERSION) $@
+
 $(B)/lib/libreadyd.so: $(B)/lib/libreadyd.so.$(SOVERSION)
-	ln -sf libreadyd.so.$(SOVERSION) $@
+	ln -sfn libreadyd.so.$(SOVERSION) $@
 
 $(B)/lib/libreadyd.a: $(LIB_OBJ) $(PROTO_OBJ)
 	@mkdir -p $(dir $@)
