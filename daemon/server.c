@@ -368,30 +368,34 @@ static void shutdown_all(struct rdd *d)
 	}
 }
 
-/* One turn of the loop: wait up to 'timeout' ms (epoll_wait's meaning), dispatch what
- * arrived, then service the clients with work. Returns the number of events, 0 when
- * interrupted by a signal, or -errno when epoll_wait fails. */
+/* One turn of the loop: wait up to 'timeout' ms (epoll_wait's meaning), harvest and
+ * dispatch what arrived, then service the clients with work. Returns the number of
+ * events dispatched, or -errno when epoll_wait fails (EINTR is not a failure). */
 int rdd_loop_once(struct rdd *d, int timeout)
 {
 	struct epoll_event evs[EPOLL_BATCH];
 	int n = 0, total = 0;
+	bool timed_out = false;
 
 	for (int round = 0; round < HARVEST_ROUNDS; round++) {
 		n = epoll_wait(d->epfd, evs, EPOLL_BATCH, round ? 0 : timeout);
-		if (n < 0) {
-			if (errno == EINTR)
-				break;
-			int r = -errno;
-			log_err("epoll_wait: %s", strerror(-r));
-			return r;
-		}
-		if (n == 0 && round == 0 && timeout != 0 && d->accept_paused)
-			rdd_listen_resume(d);
+		timed_out = round == 0 && n == 0;
+		if (n <= 0)
+			break;
 		dispatch(d, evs, n);
 		total += n;
 		if (n < EPOLL_BATCH)
 			break;
 	}
+	if (n < 0) {
+		if (errno == EINTR)
+			return total;
+		int r = -errno;
+		log_err("epoll_wait: %s", strerror(-r));
+		return r;
+	}
+	if (timed_out && d->accept_paused)
+		rdd_listen_resume(d);
 	service_dirty(d);
 	return total;
 }
