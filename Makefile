@@ -62,7 +62,7 @@ INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-sys
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
 .PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean \
-        install uninstall
+        install uninstall check-install
 all: $(BINS) $(LIBS) $(EXAMPLES)
 
 # Install what the build (deps) or the tests (deps-test) need, from Debian, when missing.
@@ -87,7 +87,7 @@ run: deps
 
 check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-systemd check-bench
+	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-systemd check-bench check-install
 
 tests: $(TEST_BINS)
 
@@ -106,6 +106,11 @@ check-lib: $(B)/lib/libreadyd.so
 	$(CC) $(BASE) $(CFLAGS) -o $(B)/tests/link-shared tests/link_shared.c -L$(B)/lib -lreadyd
 	LD_LIBRARY_PATH=$(B)/lib $(B)/tests/link-shared
 	@echo "libreadyd.so: exports and soname ok"
+
+# make install into a DESTDIR, the echo example built there with pkg-config alone and run
+# against the installed readyd, then make uninstall leaving only directories.
+check-install: $(BINS) $(LIBS)
+	MAKE="$(MAKE)" CC="$(CC)" tests/install.sh $(B)
 
 # readyd under a real systemd user manager in a private mount namespace (SKIP if the
 # machine cannot run one).
