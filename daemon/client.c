@@ -37,6 +37,15 @@ static uint32_t epoll_events_for(uint8_t interest, uint8_t flags)
 	return ev;
 }
 
+uint32_t rdd_reg_epoll_events(const struct rdd_reg *r)
+{
+	/* A delivered oneshot registration not re-armed yet: only private bits, which epoll
+	 * never reports (how the kernel itself disarms EPOLLONESHOT). */
+	if (r->state & RDD_REG_DISARMED)
+		return EPOLLONESHOT;
+	return epoll_events_for(r->interest, r->flags);
+}
+
 /* mio's mapping of epoll bits to readiness. */
 static uint8_t ready_from_epoll(uint32_t e)
 {
@@ -125,6 +134,75 @@ static void read_comm(struct rdd_client *c)
 	c->comm[strcspn(c->comm, "\n")] = '\0';
 }
 
+/* Make fd a client: a slot, epoll interest, the uid's count. On failure fd is left open
+ * for the caller. Used for new connections and for those kept across an upgrade. */
+int rdd_client_attach(struct rdd *d, int fd, const struct ucred *cred, struct rdd_client **out)
+{
+	struct rdd_client *c;
+	int r;
+
+	uint32_t slot = 0;
+	while (slot < d->nclients_cap && d->clients[slot])
+		slot++;
+	if (slot == d->nclients_cap) {
+		uint32_t ncap = d->nclients_cap ? d->nclients_cap * 2 : 16;
+		struct rdd_client **nc = realloc(d->clients, ncap * sizeof(*nc));
+		if (!nc)
+			return -ENOMEM;
+		d->clients = nc;
+		uint32_t *ng = realloc(d->client_gen, ncap * sizeof(*ng));
+		if (!ng)
+			return -ENOMEM;
+		d->client_gen = ng;
+		for (uint32_t i = d->nclients_cap; i < ncap; i++) {
+			nc[i] = NULL;
+			ng[i] = 0;
+		}
+		d->nclients_cap = ncap;
+	}
+
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->fd = fd;
+	c->slot = slot;
+	c->gen = d->client_gen[slot];
+	c->pid = cred->pid;
+	c->uid = cred->uid;
+	c->gid = cred->gid;
+	strcpy(c->comm, "?");
+	rdd_tokmap_init(&c->map);
+	rdd_queue_init(&c->ready);
+
+	struct epoll_event ev = {
+		.events = EPOLLIN | EPOLLRDHUP | EPOLLET,
+		.data.u64 = rdd_data(RDD_TAG_CLIENT, c->gen, slot),
+	};
+	/* The uid is counted from here on; created last so no failure leaves it behind. */
+	struct rdd_uid_count *u = uid_slot(d, cred->uid, true);
+	if (!u) {
+		r = -ENOMEM;
+		goto out_free;
+	}
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		r = -errno;
+		log_err("epoll_ctl ADD client: %s", strerror(-r));
+		if (u->n == 0)
+			*u = d->uids[--d->nuids];
+		goto out_free;
+	}
+	d->clients[slot] = c;
+	d->nclients++;
+	d->nfds++;
+	u->n++;
+	*out = c;
+	return 0;
+
+out_free:
+	free(c);
+	return r;
+}
+
 int rdd_client_new(struct rdd *d, int fd)
 {
 	struct ucred cred;
@@ -158,73 +236,16 @@ int rdd_client_new(struct rdd *d, int fd)
 		goto out_close_fd;
 	}
 
-	uint32_t slot = 0;
-	while (slot < d->nclients_cap && d->clients[slot])
-		slot++;
-	if (slot == d->nclients_cap) {
-		uint32_t ncap = d->nclients_cap ? d->nclients_cap * 2 : 16;
-		struct rdd_client **nc = realloc(d->clients, ncap * sizeof(*nc));
-		if (!nc) {
-			r = -ENOMEM;
-			goto out_close_fd;
-		}
-		d->clients = nc;
-		uint32_t *ng = realloc(d->client_gen, ncap * sizeof(*ng));
-		if (!ng) {
-			r = -ENOMEM;
-			goto out_close_fd;
-		}
-		d->client_gen = ng;
-		for (uint32_t i = d->nclients_cap; i < ncap; i++) {
-			nc[i] = NULL;
-			ng[i] = 0;
-		}
-		d->nclients_cap = ncap;
-	}
-
-	c = calloc(1, sizeof(*c));
-	if (!c) {
-		r = -ENOMEM;
+	r = rdd_client_attach(d, fd, &cred, &c);
+	if (r < 0)
 		goto out_close_fd;
-	}
-	c->fd = fd;
-	c->slot = slot;
-	c->gen = d->client_gen[slot];
-	c->pid = cred.pid;
-	c->uid = cred.uid;
-	c->gid = cred.gid;
 	c->connected_usec = rdd_now_usec(CLOCK_REALTIME);
 	c->id = ++d->next_client_id;
 	read_comm(c);
-	rdd_tokmap_init(&c->map);
-	rdd_queue_init(&c->ready);
-
-	struct epoll_event ev = {
-		.events = EPOLLIN | EPOLLRDHUP | EPOLLET,
-		.data.u64 = rdd_data(RDD_TAG_CLIENT, c->gen, slot),
-	};
-	/* The uid is counted from here on; created last so no failure leaves it behind. */
-	u = uid_slot(d, cred.uid, true);
-	if (!u) {
-		r = -ENOMEM;
-		goto out_free;
-	}
-	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-		r = -errno;
-		log_err("epoll_ctl ADD client: %s", strerror(-r));
-		if (u->n == 0)
-			*u = d->uids[--d->nuids];
-		goto out_free;
-	}
-	d->clients[slot] = c;
-	d->nclients++;
-	d->nfds++;
-	u->n++;
-	log_debug("client pid %d uid %u connected (slot %u)", (int)c->pid, (unsigned)c->uid, slot);
+	log_debug("client pid %d uid %u connected (id %llu)", (int)c->pid, (unsigned)c->uid,
+		  (unsigned long long)c->id);
 	return 0;
 
-out_free:
-	free(c);
 out_close_fd:
 	close(fd);
 	return r;
@@ -453,6 +474,7 @@ static uint32_t mod_one(struct rdd *d, struct rdd_client *c, const struct rdp_ad
 		return (uint32_t)errno;
 	r->interest = (uint8_t)e->interest;
 	r->flags = (uint8_t)e->flags;
+	r->state &= (uint8_t)~RDD_REG_DISARMED;
 	/* Readiness the new interest does not cover is not delivered after the reply. */
 	r->pending &= (uint8_t)(r->interest | READY_ALWAYS);
 	if (!r->pending)
@@ -481,6 +503,7 @@ static uint32_t rearm_one(struct rdd *d, struct rdd_client *c, uint64_t token)
 	};
 	if (epoll_ctl(d->epfd, EPOLL_CTL_MOD, r->fd, &ev) < 0)
 		return (uint32_t)errno;
+	r->state &= (uint8_t)~RDD_REG_DISARMED;
 	return 0;
 }
 
@@ -540,7 +563,8 @@ static int handle_hello(struct rdd *d, struct rdd_client *c, const struct rdp_hd
 
 static int handle_control(struct rdd *d, struct rdd_client *c, const struct rdp_hdr *h)
 {
-	char *json = rdd_control(d, c, (const char *)rdd_rxbuf + RDP_HDR_SIZE, h->length - RDP_HDR_SIZE);
+	char *json = rdd_control(d, c, h->id, (const char *)rdd_rxbuf + RDP_HDR_SIZE,
+				 h->length - RDP_HDR_SIZE);
 	if (!json)
 		return -ENOMEM;
 	size_t jl = strlen(json);
@@ -639,6 +663,8 @@ void rdd_reg_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events)
 	struct rdd_reg *r = rdd_slab_lookup(&d->slab, slot, gen);
 	if (!r)
 		return;
+	if (r->flags & RDP_FLAG_ONESHOT)
+		r->state |= RDD_REG_DISARMED; /* the kernel disarmed it as it reported */
 	uint8_t bits = ready_from_epoll(events) & (uint8_t)(r->interest | READY_ALWAYS);
 	if (!bits)
 		return;
@@ -687,4 +713,56 @@ void rdd_client_service(struct rdd *d, struct rdd_client *c)
 
 out_close:
 	rdd_client_close(d, c, r < 0 ? strerror(-r) : "send failed");
+}
+
+int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *saved, int fd)
+{
+	uint32_t slot;
+	int r;
+
+	if (rdd_tokmap_find(&c->map, &d->slab, saved->token) != RDD_NIL) {
+		r = -EEXIST;
+		goto out_close_fd;
+	}
+	r = rdd_slab_alloc(&d->slab, &slot);
+	if (r < 0)
+		goto out_close_fd;
+	struct rdd_reg *g = rdd_slab_at(&d->slab, slot);
+	g->token = saved->token;
+	g->fd = fd;
+	g->owner = c->slot;
+	g->interest = saved->interest;
+	g->flags = saved->flags;
+	g->tick = saved->tick;
+	g->pending = saved->pending;
+	g->state |= saved->state & RDD_REG_DISARMED;
+	struct epoll_event ev = {
+		.events = rdd_reg_epoll_events(g),
+		.data.u64 = rdd_data(RDD_TAG_REG, g->gen, slot),
+	};
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		r = -errno;
+		goto out_free_slot;
+	}
+	if (rdd_tokmap_insert(&c->map, &d->slab, slot) < 0) {
+		r = -ENOMEM;
+		epoll_ctl(d->epfd, EPOLL_CTL_DEL, fd, NULL);
+		goto out_free_slot;
+	}
+	c->nregs++;
+	d->nfds++;
+	if (g->pending && rdd_queue_push(&c->ready, &d->slab, slot))
+		rdd_client_mark(d, c);
+	return 0;
+
+out_free_slot:
+	rdd_slab_free(&d->slab, slot);
+out_close_fd:
+	close(fd);
+	return r;
+}
+
+int rdd_client_restore_out(struct rdd_client *c, const void *bytes, size_t len)
+{
+	return len ? out_append(c, bytes, len) : 0;
 }

@@ -200,7 +200,20 @@ static json_t *disconnect(struct rdd *d, struct rdd_client *self, json_t *req)
 	return json_pack("{s:b, s:I}", "ok", 1, "disconnected", id);
 }
 
-char *rdd_control(struct rdd *d, struct rdd_client *c, const char *req, size_t len)
+/* Only returns when the upgrade failed: on success the new binary answers. */
+static json_t *upgrade(struct rdd *d, struct rdd_client *self, uint32_t id, json_t *req)
+{
+	if (!rdd_is_admin(d, self->uid))
+		return error_reply("%s", "permission denied: upgrade is for the policy's admins");
+	json_t *b = json_object_get(req, "binary");
+	if (b && !json_is_string(b))
+		return error_reply("%s", "\"binary\" must be a path");
+	char err[300];
+	rdd_upgrade(d, json_string_value(b), self, id, err, sizeof(err));
+	return error_reply("upgrade failed: %s", err);
+}
+
+char *rdd_control(struct rdd *d, struct rdd_client *c, uint32_t id, const char *req, size_t len)
 {
 	json_error_t jerr;
 	json_t *reply;
@@ -225,6 +238,8 @@ char *rdd_control(struct rdd *d, struct rdd_client *c, const char *req, size_t l
 			reply = registrations(d, c, j);
 		else if (strcmp(cmd, "disconnect") == 0)
 			reply = disconnect(d, c, j);
+		else if (strcmp(cmd, "upgrade") == 0)
+			reply = upgrade(d, c, id, j);
 		else
 			reply = error_reply("unknown command \"%.64s\"", cmd);
 		json_decref(j);

@@ -119,7 +119,10 @@ int main(int argc, char **argv)
 		.cmdline_log_level = level,
 		.socket_cmdline = socket_path != NULL,
 		.start_usec = rdd_now_usec(CLOCK_MONOTONIC),
+		.argv = argv,
 	};
+	ssize_t el = readlink("/proc/self/exe", d.exe_path, sizeof(d.exe_path) - 1);
+	d.exe_path[el > 0 ? el : 0] = '\0';
 	/* The log level first, so that raising the fd limit logs at the right level. */
 	rdd_log_set_level(level >= 0 ? level : cfg.log_level >= 0 ? cfg.log_level : RDD_LOG_INFO);
 	d.nofile = raise_nofile();
@@ -140,8 +143,13 @@ int main(int argc, char **argv)
 		log_err("signals: %s", strerror(-r));
 		goto finish;
 	}
-	/* Sockets passed by systemd take precedence over binding our own. */
-	r = rdd_listen_activated(&d);
+	/* An upgrade hands over everything; else sockets passed by systemd take precedence
+	 * over binding our own. */
+	int state_fd = rdd_upgrade_fd();
+	if (state_fd >= 0)
+		r = rdd_upgrade_restore(&d, state_fd) == 0 ? 1 : 0;
+	else
+		r = rdd_listen_activated(&d);
 	if (r < 0)
 		goto finish;
 	if (r == 0) {

@@ -93,6 +93,10 @@ struct rdd {
 	uint64_t last_status_events;
 	int reserve_fd;       /* spare fd released to accept-and-close on EMFILE */
 	char *socket_path;    /* the path we bound and will unlink, or NULL */
+	uint64_t bound_dev;   /* ... if it is still the socket we bound */
+	uint64_t bound_ino;
+	char **argv;          /* as started: an upgrade executes the same command line */
+	char exe_path[4096];  /* our binary, resolved at start: the default upgrade target */
 	struct rdd_limits lim;
 	struct rdd_slab slab;
 	struct rdd_client **clients; /* indexed by client slot; NULL when free */
@@ -121,6 +125,15 @@ struct rdd {
 /* client.c */
 int rdd_client_new(struct rdd *d, int fd);
 void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why);
+struct ucred;
+/* Make fd a client (slot, epoll, uid count); fd stays the caller's on failure. */
+int rdd_client_attach(struct rdd *d, int fd, const struct ucred *cred, struct rdd_client **out);
+/* Re-create a registration kept across an upgrade; takes fd, closing it on failure. */
+int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *saved, int fd);
+/* Queue bytes (whole framed messages) kept across an upgrade for c. */
+int rdd_client_restore_out(struct rdd_client *c, const void *bytes, size_t len);
+/* The epoll events a registration is watched with (none while a oneshot is disarmed). */
+uint32_t rdd_reg_epoll_events(const struct rdd_reg *r);
 void rdd_client_service(struct rdd *d, struct rdd_client *c);
 void rdd_client_mark(struct rdd *d, struct rdd_client *c);
 void rdd_client_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);
@@ -129,14 +142,16 @@ void rdd_reg_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);
 int rdd_client_send(struct rdd *d, struct rdd_client *c, const void *msg, size_t len);
 
 /* control.c: answer a CONTROL request body; returns a malloc'd JSON string. */
-char *rdd_control(struct rdd *d, struct rdd_client *c, const char *req, size_t len);
+char *rdd_control(struct rdd *d, struct rdd_client *c, uint32_t id, const char *req, size_t len);
 
 /* server.c */
 int rdd_listen(struct rdd *d, const char *path);
 /* Take the sockets systemd passed (LISTEN_FDS). Returns how many, or -errno. */
 int rdd_listen_activated(struct rdd *d);
 void rdd_listen_resume(struct rdd *d);
-/* Block SIGTERM, SIGINT and SIGHUP and take them through a signalfd in the loop. */
+/* Serve an already listening socket (passed by systemd, or kept across an upgrade). */
+int rdd_listen_adopt(struct rdd *d, int fd);
+/* Block SIGTERM, SIGINT, SIGHUP and SIGUSR2 and take them through a signalfd in the loop. */
 int rdd_signals_init(struct rdd *d);
 int rdd_run(struct rdd *d);
 /* One turn of the loop, the body of rdd_run: wait up to 'timeout' ms, dispatch, harvest
@@ -144,6 +159,15 @@ int rdd_run(struct rdd *d);
  * number of events, or -errno. */
 int rdd_loop_once(struct rdd *d, int timeout);
 uint64_t rdd_now_usec(int clock);
+
+/* upgrade.c: live upgrade. Serialise the state into a memfd, keep every fd across
+ * execve of ourselves or 'binary'; the new process restores it. On failure returns
+ * -errno with the reason in err, and the running daemon carries on. */
+int rdd_upgrade(struct rdd *d, const char *binary, struct rdd_client *requester, uint32_t req_id,
+		char *err, size_t errlen);
+/* In the new process: the state fd from READYD_UPGRADE_FD, or -1 when not upgrading. */
+int rdd_upgrade_fd(void);
+int rdd_upgrade_restore(struct rdd *d, int fd);
 
 /* reload.c: the configuration file, applied at start and again on SIGHUP. */
 struct rdd_config;

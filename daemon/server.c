@@ -28,8 +28,6 @@
 #define HARVEST_ROUNDS 8
 #define ACCEPT_BUDGET 64
 
-static dev_t bound_dev;
-static ino_t bound_ino;
 
 uint64_t rdd_now_usec(int clock)
 {
@@ -63,7 +61,7 @@ static bool socket_is_live(const struct sockaddr_un *sa, int salen)
 	return live;
 }
 
-static int add_listener(struct rdd *d, int fd)
+int rdd_listen_adopt(struct rdd *d, int fd)
 {
 	if (d->nlisten == RDD_LISTEN_MAX)
 		return -EMFILE;
@@ -99,7 +97,7 @@ int rdd_listen_activated(struct rdd *d)
 		if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
 			r = -errno;
 		else
-			r = add_listener(d, fd);
+			r = rdd_listen_adopt(d, fd);
 		if (r < 0) {
 			log_err("cannot use passed fd %d (%s): %s", fd, name,
 				r == -EMFILE ? "more than 16 listening sockets" : strerror(-r));
@@ -162,15 +160,15 @@ int rdd_listen(struct rdd *d, const char *path)
 	if (chmod(path, 0666) < 0)
 		log_warning("chmod %s: %s", path, strerror(errno));
 	if (stat(path, &st) == 0) {
-		bound_dev = st.st_dev;
-		bound_ino = st.st_ino;
+		d->bound_dev = (uint64_t)st.st_dev;
+		d->bound_ino = (uint64_t)st.st_ino;
 	}
 	if (listen(fd, SOMAXCONN) < 0) {
 		r = -errno;
 		log_err("listen %s: %s", path, strerror(-r));
 		goto out_unlink;
 	}
-	r = add_listener(d, fd);
+	r = rdd_listen_adopt(d, fd);
 	if (r < 0)
 		goto out_unlink;
 	d->socket_path = strdup(path);
@@ -273,6 +271,12 @@ static void handle_signal(struct rdd *d)
 			log_info("SIGHUP: reloading %s", d->config_path);
 			rdd_reload(d);
 			break;
+		case SIGUSR2: {
+			char err[256];
+			log_info("SIGUSR2: upgrading");
+			(void)rdd_upgrade(d, NULL, NULL, 0, err, sizeof(err));
+			break;
+		}
 		default:
 			break;
 		}
@@ -286,6 +290,7 @@ int rdd_signals_init(struct rdd *d)
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGUSR2);
 	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
 		return -errno;
 	signal(SIGPIPE, SIG_IGN);
@@ -353,8 +358,8 @@ static void shutdown_all(struct rdd *d)
 	}
 	d->nlisten = 0;
 	struct stat st;
-	if (d->socket_path && stat(d->socket_path, &st) == 0 && st.st_dev == bound_dev &&
-	    st.st_ino == bound_ino)
+	if (d->socket_path && stat(d->socket_path, &st) == 0 && (uint64_t)st.st_dev == d->bound_dev &&
+	    (uint64_t)st.st_ino == d->bound_ino)
 		unlink(d->socket_path);
 	for (uint32_t i = 0; i < d->nclients_cap; i++) {
 		struct rdd_client *c = d->clients[i];
