@@ -44,7 +44,7 @@ PROTO_SRC  := proto/rdp.c proto/rdp_io.c proto/rdp_path.c
 DAEMON_SRC := daemon/main.c daemon/server.c daemon/client.c daemon/registry.c \
               daemon/control.c daemon/config.c daemon/log.c daemon/notify.c daemon/reload.c daemon/upgrade.c
 LIB_SRC    := client/readyd.c
-CTL_SRC    := client/readyctl.c
+CTL_SRC    := client/readyctl.c client/readyctl_top.c
 
 PROTO_OBJ  := $(PROTO_SRC:%.c=$(B)/obj/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/obj/%.o)
@@ -58,7 +58,8 @@ LIBS := $(B)/lib/libreadyd.so.$(VERSION) $(B)/lib/libreadyd.so.$(SOVERSION) $(B)
 EXAMPLES := $(B)/bin/echo-server
 
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
-INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-systemd $(B)/tests/test-upgrade
+INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-systemd $(B)/tests/test-upgrade \
+              $(B)/tests/test-readyctl
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
 .PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean \

@@ -3,18 +3,19 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "readyctl.h"
 #include "readyd.h"
-
-enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONNECT = 3 };
 
 static void usage(FILE *f)
 {
 	fprintf(f, "Usage: readyctl [--socket PATH] [--json] COMMAND [ARG]\n"
+		   "       readyctl [--socket PATH] [--json] top [--iterations N] [--delay SECONDS]\n"
 		   "Inspect and administer a running readyd.\n"
 		   "\n"
 		   "Commands:\n"
@@ -24,12 +25,17 @@ static void usage(FILE *f)
 		   "                          by 'clients')\n"
 		   "  limits                  the limits in force\n"
 		   "  disconnect CLIENT       close a client's connection (admins only)\n"
+		   "  top                     clients by event rate, refreshed every second;\n"
+		   "                          q quits, space refreshes now\n"
 		   "\n"
 		   "Options:\n"
-		   "  -s, --socket PATH  the daemon's socket (default: as readyd resolves it)\n"
-		   "  -j, --json         print the daemon's JSON answer(s), one per line\n"
-		   "  -h, --help         show this help and exit\n"
-		   "  -V, --version      show the version and exit\n"
+		   "  -s, --socket PATH      the daemon's socket (default: as readyd resolves it)\n"
+		   "  -j, --json             print the daemon's JSON answer(s), one per line\n"
+		   "                         (top: one object of its own per refresh)\n"
+		   "  -n, --iterations N     top: exit after N refreshes\n"
+		   "  -d, --delay SECONDS    top: seconds between refreshes (default 1)\n"
+		   "  -h, --help             show this help and exit\n"
+		   "  -V, --version          show the version and exit\n"
 		   "\n"
 		   "Exit status: 0 success, 1 the daemon answered with an error or failed,\n"
 		   "2 usage error, 3 cannot connect to (or was refused by) the daemon.\n"
@@ -263,18 +269,41 @@ int main(int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
+		{ "iterations", required_argument, NULL, 'n' },
+		{ "delay", required_argument, NULL, 'd' },
 		{ 0 },
 	};
 	const char *path = NULL;
+	struct top_opts top = { .iterations = 0, .delay = 1.0 };
+	bool top_opt = false;
+	char *end;
 	int o;
 
-	while ((o = getopt_long(argc, argv, "s:jhV", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "s:jhVn:d:", opts, NULL)) != -1) {
 		switch (o) {
 		case 's':
 			path = optarg;
 			break;
 		case 'j':
 			json_out = 1;
+			break;
+		case 'n':
+			errno = 0;
+			top.iterations = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || top.iterations < 1) {
+				fprintf(stderr, "readyctl: --iterations needs a whole number from 1\n");
+				return EXIT_USAGE;
+			}
+			top_opt = true;
+			break;
+		case 'd':
+			top.delay = strtod(optarg, &end);
+			if (end == optarg || *end || !isfinite(top.delay) || top.delay <= 0 ||
+			    top.delay > 86400) {
+				fprintf(stderr, "readyctl: --delay needs seconds, more than 0 and at most 86400\n");
+				return EXIT_USAGE;
+			}
+			top_opt = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -296,13 +325,17 @@ int main(int argc, char **argv)
 	const char *arg = optind + 1 < argc ? argv[optind + 1] : NULL;
 	int max_args = strcmp(cmd, "registrations") == 0 || strcmp(cmd, "disconnect") == 0 ? 2 : 1;
 	static const char *const known[] = { "status", "clients", "registrations", "limits",
-					     "disconnect" };
+					     "disconnect", "top" };
 	int ok = 0;
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
 		ok |= strcmp(cmd, known[i]) == 0;
 	if (!ok || argc - optind > max_args) {
 		fprintf(stderr, "readyctl: %s '%s'\n", ok ? "too many arguments for" : "unknown command", cmd);
 		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (top_opt && strcmp(cmd, "top") != 0) {
+		fprintf(stderr, "readyctl: --iterations and --delay are options of top\n");
 		return EXIT_USAGE;
 	}
 
@@ -324,8 +357,12 @@ int main(int argc, char **argv)
 		rc = cmd_registrations(arg);
 	else if (strcmp(cmd, "limits") == 0)
 		rc = cmd_limits();
-	else
+	else if (strcmp(cmd, "disconnect") == 0)
 		rc = cmd_disconnect(arg);
+	else {
+		top.json = json_out;
+		rc = readyctl_top(conn, &top);
+	}
 	rd_close(conn);
 	return rc;
 }
