@@ -30,9 +30,23 @@ _Static_assert(RD_READ_CLOSED == RDP_READY_READ_CLOSED && RD_WRITE_CLOSED == RDP
  * the daemon's per-client output limit, so pipelining never stalls the daemon. */
 #define PIPELINE_DEPTH 8
 
+/* What the library knows it registered, to replay after the daemon restarted. The fd
+ * is the caller's own (see libreadyd(3): keep it open while it is registered). */
+struct model_entry {
+	uint64_t token;
+	int fd; /* -1: empty slot */
+	uint32_t interest;
+	uint32_t flags;
+};
+
 struct rd_client {
 	int fd;
 	int dead;          /* 0, or the -errno every call now returns */
+	char *path;        /* connected by path: reconnect there if the daemon goes away */
+	bool resync;       /* the daemon keeps this connection across its crashes */
+	bool recovering;   /* inside resync(): a new loss restarts it instead of nesting */
+	struct model_entry *model; /* open addressing by token */
+	size_t model_cap, model_len;
 	uint32_t next_id;
 	struct rd_event *evq; /* events received while waiting for replies */
 	size_t evq_head, evq_len, evq_cap;
@@ -217,6 +231,17 @@ static int keep_events(rd_client *c)
 	return keep_events_from(c, 0);
 }
 
+static int resync(rd_client *c, bool reconnect);
+
+/* The connection ended without an ERROR (the daemon crashed or stopped): a client
+ * connected by path reconnects and replays. Returns -ERESTART when it did. */
+static int lost(rd_client *c, int r)
+{
+	if ((r == -ECONNRESET || r == -EPIPE) && c->path && c->fd >= 0)
+		return c->recovering ? -ERESTART : resync(c, true);
+	return r;
+}
+
 /* Read until the answer of type 'type' to request 'id' is in c->rx. Answers come in
  * request order, so any other answer is a protocol violation. */
 static int await(rd_client *c, uint16_t type, uint32_t id)
@@ -224,17 +249,37 @@ static int await(rd_client *c, uint16_t type, uint32_t id)
 	for (;;) {
 		int r = recv_msg(c, -1);
 		if (r < 0)
-			return r;
+			return lost(c, r);
 		if (c->rx_hdr.type == RDP_MSG_EVENTS) {
 			r = keep_events(c);
 			if (r < 0)
 				return r;
 			continue;
 		}
+		if (c->rx_hdr.type == RDP_MSG_RESYNC)
+			return c->recovering ? -ERESTART : resync(c, false);
 		if (c->rx_hdr.type != type || c->rx_hdr.id != id)
 			return fail(c, -EPROTO);
 		return 0;
 	}
+}
+
+/* HELLO, offering RESYNC, and WELCOME. */
+static int hello(rd_client *c)
+{
+	uint32_t id = new_id(c);
+	size_t len = rdp_encode_hello(c->tx, sizeof(c->tx), id, RDP_VERSION, RDP_FEATURE_RESYNC);
+	int r = send_msg(c, c->tx, len, NULL, 0);
+	if (r == 0)
+		r = await(c, RDP_MSG_WELCOME, id);
+	if (r < 0)
+		return r;
+	struct rdp_welcome w;
+	rdp_welcome_get(c->rx, &w);
+	if (w.version != RDP_VERSION)
+		return -EPROTONOSUPPORT;
+	c->resync = (w.features & RDP_FEATURE_RESYNC) != 0;
+	return 0;
 }
 
 int rd_adopt(rd_client **out, int fd)
@@ -245,17 +290,7 @@ int rd_adopt(rd_client **out, int fd)
 	if (!c)
 		return -ENOMEM;
 	c->fd = fd;
-	uint32_t id = new_id(c);
-	size_t len = rdp_encode_hello(c->tx, sizeof(c->tx), id, RDP_VERSION, 0);
-	int r = send_msg(c, c->tx, len, NULL, 0);
-	if (r == 0)
-		r = await(c, RDP_MSG_WELCOME, id);
-	if (r == 0) {
-		struct rdp_welcome w;
-		rdp_welcome_get(c->rx, &w);
-		if (w.version != RDP_VERSION)
-			r = -EPROTONOSUPPORT;
-	}
+	int r = hello(c);
 	if (r < 0) {
 		free(c->evq);
 		free(c);
@@ -292,6 +327,7 @@ int rd_open(rd_client **out, const char *path)
 	r = rd_adopt(out, fd);
 	if (r < 0)
 		goto out_close_fd;
+	(*out)->path = strdup(path); /* without it (no memory), no reconnecting: that is all */
 	return 0;
 
 out_close_fd:
@@ -306,12 +342,216 @@ void rd_close(rd_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	free(c->evq);
+	free(c->model);
+	free(c->path);
 	free(c);
 }
 
 int rd_fd(const rd_client *c)
 {
 	return c ? c->fd : -EINVAL;
+}
+
+/* ---- the model: token -> (fd, interest, flags), linear probing, backward-shift delete */
+
+static size_t model_home(const rd_client *c, uint64_t token)
+{
+	return (size_t)((token * 0x9e3779b97f4a7c15ull) >> 32) & (c->model_cap - 1);
+}
+
+static struct model_entry *model_find(rd_client *c, uint64_t token)
+{
+	if (!c->model_cap)
+		return NULL;
+	for (size_t i = model_home(c, token);; i = (i + 1) & (c->model_cap - 1)) {
+		if (c->model[i].fd < 0)
+			return NULL;
+		if (c->model[i].token == token)
+			return &c->model[i];
+	}
+}
+
+static int model_put(rd_client *c, uint64_t token, int fd, uint32_t interest, uint32_t flags)
+{
+	struct model_entry *m = model_find(c, token);
+	if (m) {
+		*m = (struct model_entry){ token, fd, interest, flags };
+		return 0;
+	}
+	if ((c->model_len + 1) * 2 > c->model_cap) {
+		size_t ncap = c->model_cap ? c->model_cap * 2 : 64;
+		struct model_entry *n = malloc(ncap * sizeof(*n)), *old = c->model;
+		size_t ocap = c->model_cap;
+		if (!n)
+			return -ENOMEM;
+		for (size_t i = 0; i < ncap; i++)
+			n[i].fd = -1;
+		c->model = n;
+		c->model_cap = ncap;
+		for (size_t i = 0; i < ocap; i++)
+			if (old[i].fd >= 0) {
+				size_t k = model_home(c, old[i].token);
+				while (n[k].fd >= 0)
+					k = (k + 1) & (ncap - 1);
+				n[k] = old[i];
+			}
+		free(old);
+	}
+	size_t k = model_home(c, token);
+	while (c->model[k].fd >= 0)
+		k = (k + 1) & (c->model_cap - 1);
+	c->model[k] = (struct model_entry){ token, fd, interest, flags };
+	c->model_len++;
+	return 0;
+}
+
+static void model_del(rd_client *c, uint64_t token)
+{
+	struct model_entry *m = model_find(c, token);
+	if (!m)
+		return;
+	size_t mask = c->model_cap - 1, hole = (size_t)(m - c->model);
+	for (size_t j = (hole + 1) & mask; c->model[j].fd >= 0; j = (j + 1) & mask) {
+		size_t home = model_home(c, c->model[j].token);
+		if (((j - home) & mask) >= ((j - hole) & mask)) {
+			c->model[hole] = c->model[j];
+			hole = j;
+		}
+	}
+	c->model[hole].fd = -1;
+	c->model_len--;
+}
+
+/* Keep the model in step with a batch's answered entries. */
+static int model_apply(rd_client *c, uint16_t type, const struct rd_entry *e)
+{
+	switch (type) {
+	case RDP_MSG_ADD:
+		return model_put(c, e->token, e->fd, e->interest, e->flags);
+	case RDP_MSG_MOD: {
+		struct model_entry *m = model_find(c, e->token);
+		if (m) {
+			m->interest = e->interest;
+			m->flags = e->flags;
+		}
+		return 0;
+	}
+	case RDP_MSG_DEL:
+		model_del(c, e->token);
+		return 0;
+	}
+	return 0;
+}
+
+/* ---- after the daemon restarted ---- */
+
+#define RECONNECT_TRIES 10   /* 10 ms, doubling to 1 s between tries: about 4 s */
+#define RESYNC_TRIES 5       /* the daemon may go away again while we replay */
+
+static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n);
+
+/* Connect to c->path again, on the same fd number (a poll loop watching rd_fd() keeps
+ * working; an epoll watching it must add it again: epoll forgets a closed file). */
+static int reconnect(rd_client *c)
+{
+	struct sockaddr_un sa;
+	int salen = rdp_sockaddr(&sa, c->path);
+	long delay_ms = 10;
+	if (salen < 0)
+		return salen;
+	for (int i = 0; i < RECONNECT_TRIES; i++) {
+		int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		if (connect(fd, (struct sockaddr *)&sa, (socklen_t)salen) == 0) {
+			if (dup3(fd, c->fd, O_CLOEXEC) >= 0)
+				close(fd);
+			else {
+				close(c->fd);
+				c->fd = fd;
+			}
+			c->dead = 0;
+			int r = hello(c);
+			if (r != -ECONNRESET && r != -EPIPE)
+				return r;
+		} else
+			close(fd);
+		struct timespec ts = { .tv_sec = delay_ms / 1000, .tv_nsec = delay_ms % 1000 * 1000000L };
+		nanosleep(&ts, NULL);
+		delay_ms = delay_ms * 2 > 1000 ? 1000 : delay_ms * 2;
+	}
+	return fail(c, -ECONNRESET);
+}
+
+/* The daemon holds nothing of ours any more (it said RESYNC, or we reconnected): put
+ * every registration back, then report each token ready once, so the caller looks at
+ * each fd again (readiness that arose meanwhile is not lost, at worst it is spurious).
+ * A token whose fd can no longer be registered is reported with RD_ERROR and forgotten.
+ * Returns -ERESTART: the caller's requests in flight must be sent again. */
+static int resync(rd_client *c, bool reconnect_first)
+{
+	int r = 0;
+	c->recovering = true;
+	for (int attempt = 0; attempt < RESYNC_TRIES; attempt++) {
+		if (reconnect_first) {
+			r = reconnect(c);
+			if (r < 0)
+				break;
+		} else {
+			uint8_t ack[RDP_HDR_SIZE];
+			rdp_batch_begin(ack, RDP_MSG_RESYNC_ACK, 0);
+			r = send_msg(c, ack, sizeof(ack), NULL, 0);
+			if (r < 0) {
+				reconnect_first = c->path != NULL;
+				if (reconnect_first)
+					continue;
+				break;
+			}
+		}
+		struct rd_entry *e = malloc((c->model_len ? c->model_len : 1) * sizeof(*e));
+		size_t n = 0;
+		if (!e) {
+			r = -ENOMEM;
+			break;
+		}
+		for (size_t i = 0; i < c->model_cap; i++)
+			if (c->model[i].fd >= 0)
+				e[n++] = (struct rd_entry){ .fd = c->model[i].fd, .token = c->model[i].token,
+							    .interest = c->model[i].interest,
+							    .flags = c->model[i].flags };
+		r = n ? batch(c, RDP_MSG_ADD, e, n) : 0;
+		if (r == -ERESTART || (r < 0 && c->path && (r == -ECONNRESET || r == -EPIPE))) {
+			/* Gone again while we replayed: start over. */
+			free(e);
+			reconnect_first = r != -ERESTART || c->rx_hdr.type != RDP_MSG_RESYNC;
+			c->dead = 0;
+			continue;
+		}
+		for (size_t i = 0; r >= 0 && i < n; i++) {
+			struct rd_event ev = { .token = e[i].token, .ready = e[i].interest };
+			if (e[i].status < 0) {
+				model_del(c, e[i].token);
+				ev.ready = RD_ERROR;
+			}
+			if (evq_push(c, &ev) < 0)
+				r = -ENOMEM;
+		}
+		free(e);
+		break;
+	}
+	c->recovering = false;
+	if (r < 0)
+		return fail(c, r);
+	return -ERESTART;
+}
+
+/* A call on a connection that was lost: one more try to get it back. */
+static int revive(rd_client *c)
+{
+	if ((c->dead != -ECONNRESET && c->dead != -EPIPE) || !c->path)
+		return c->dead;
+	int r = resync(c, true);
+	return r == -ERESTART ? 0 : r;
 }
 
 /* One request of a batched call: its id and which entries it carries. */
@@ -446,8 +686,11 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 
 	if (!c || (!e && n))
 		return -EINVAL;
-	if (c->dead)
-		return c->dead;
+	if (c->dead && !c->recovering) {
+		int r = revive(c);
+		if (r < 0)
+			return r;
+	}
 
 	while (next < n || inflight > 0) {
 		while (next < n && inflight < PIPELINE_DEPTH) {
@@ -469,8 +712,21 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 					e[ch->idx[i]].status = -ETOOMANYREFS;
 				continue;
 			}
-			if (r < 0)
-				return fail(c, r);
+			if (r < 0) {
+				r = lost(c, r);
+				if (r != -ERESTART || c->recovering)
+					return r < 0 ? r : fail(c, -EIO);
+				/* Back after a restart: what was in flight goes again, then this. */
+				for (unsigned k = 0; k < inflight; k++) {
+					struct chunk *again = &fl[(head + k) % PIPELINE_DEPTH];
+					again->id = new_id(c);
+					int sr = send_chunk(c, type, e, again);
+					if (sr < 0)
+						return fail(c, sr);
+				}
+				next = start;
+				continue;
+			}
 			if (ch->n)
 				inflight++;
 		}
@@ -478,6 +734,20 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 			break;
 		struct chunk *ch = &fl[head];
 		int r = await(c, RDP_MSG_REPLY, ch->id);
+		if (r == -ERESTART && c->recovering)
+			return r; /* resync() starts over */
+		if (r == -ERESTART) {
+			/* The daemon restarted and our registrations are back: the requests in
+			 * flight were never seen by it. Send them again, in order. */
+			for (unsigned k = 0; k < inflight && r == -ERESTART; k++) {
+				struct chunk *again = &fl[(head + k) % PIPELINE_DEPTH];
+				again->id = new_id(c);
+				int sr = send_chunk(c, type, e, again);
+				if (sr < 0)
+					return fail(c, sr);
+			}
+			continue;
+		}
 		if (r < 0)
 			return r;
 		if (c->rx_hdr.count != ch->n)
@@ -486,6 +756,8 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 			uint32_t st = rdp_status_get(c->rx, i);
 			e[ch->idx[i]].status = st == 0 ? 0 : st < 4096 ? -(int)st : -EIO;
 			nok += st == 0;
+			if (st == 0 && model_apply(c, type, &e[ch->idx[i]]) < 0)
+				return fail(c, -ENOMEM);
 		}
 		head = (head + 1) % PIPELINE_DEPTH;
 		inflight--;
@@ -565,11 +837,23 @@ int rd_wait(rd_client *c, struct rd_event *ev, size_t max, int timeout_ms)
 		return 0;
 	if (c->evq_len > 0)
 		return (int)take_queued(c, ev, max);
-	if (c->dead)
-		return c->dead;
+	if (c->dead) {
+		int r = revive(c);
+		if (r < 0)
+			return r;
+		return (int)take_queued(c, ev, max);
+	}
 	int r = recv_msg(c, timeout_ms);
-	if (r <= 0)
-		return r;
+	if (r < 0) {
+		r = lost(c, r);
+		return r == -ERESTART ? (int)take_queued(c, ev, max) : r;
+	}
+	if (r == 0)
+		return 0;
+	if (c->rx_hdr.type == RDP_MSG_RESYNC) {
+		r = resync(c, false);
+		return r == -ERESTART ? (int)take_queued(c, ev, max) : r;
+	}
 	if (c->rx_hdr.type != RDP_MSG_EVENTS)
 		return fail(c, -EPROTO); /* an answer nobody asked for */
 	/* Straight into the caller's array; only what does not fit is kept. */
@@ -587,17 +871,26 @@ int rd_control(rd_client *c, const char *request, char **reply)
 {
 	if (!c || !request || !reply)
 		return -EINVAL;
-	if (c->dead)
-		return c->dead;
+	if (c->dead) {
+		int r = revive(c);
+		if (r < 0)
+			return r;
+	}
 	size_t rl = strlen(request);
 	if (rl == 0 || rl > RDP_MSG_MAX - RDP_HDR_SIZE)
 		return -EMSGSIZE;
-	uint32_t id = new_id(c);
-	size_t len = rdp_encode_json(c->tx, sizeof(c->tx), RDP_MSG_CONTROL, id, request, rl);
-	int r = send_msg(c, c->tx, len, NULL, 0);
-	if (r < 0)
-		return fail(c, r);
-	r = await(c, RDP_MSG_CONTROL_REPLY, id);
+	int r;
+	uint32_t id;
+	do {
+		/* A restart in between voids the request: it is sent again. */
+		id = new_id(c);
+		size_t len = rdp_encode_json(c->tx, sizeof(c->tx), RDP_MSG_CONTROL, id, request, rl);
+		r = send_msg(c, c->tx, len, NULL, 0);
+		if (r < 0)
+			r = lost(c, r);
+		else
+			r = await(c, RDP_MSG_CONTROL_REPLY, id);
+	} while (r == -ERESTART);
 	if (r < 0)
 		return r;
 	size_t jl = c->rx_len - RDP_HDR_SIZE;

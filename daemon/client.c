@@ -269,6 +269,7 @@ static void reg_destroy(struct rdd *d, struct rdd_client *c, uint32_t slot)
 void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why)
 {
 	log_debug("client pid %d uid %u: closing: %s", (int)c->pid, (unsigned)c->uid, why);
+	rdd_notify_fdstore_remove(d, c);
 	/* All registrations at once: walk the map, not the tokens. */
 	if (c->map.slots) {
 		for (uint32_t i = 0; i <= c->map.mask; i++) {
@@ -557,8 +558,13 @@ static int handle_hello(struct rdd *d, struct rdd_client *c, const struct rdp_hd
 		.max_registrations = d->lim.regs_per_client,
 	};
 	c->hello_done = true;
+	c->features = w.features;
 	size_t len = rdp_encode_welcome(rdd_txbuf, RDP_MSG_MAX, h->id, &w);
-	return rdd_client_send(d, c, rdd_txbuf, len);
+	int r = rdd_client_send(d, c, rdd_txbuf, len);
+	/* A client that can resync survives a daemon crash: systemd keeps its connection. */
+	if (r == 0 && (c->features & RDP_FEATURE_RESYNC))
+		rdd_notify_fdstore(d, c);
+	return r;
 }
 
 static int handle_control(struct rdd *d, struct rdd_client *c, const struct rdp_hdr *h)
@@ -622,6 +628,18 @@ static int read_one(struct rdd *d, struct rdd_client *c)
 		return -1;
 	}
 
+	if (c->resyncing || h.type == RDP_MSG_RESYNC_ACK) {
+		/* After RESYNC everything the client sent before seeing it is void (the
+		 * daemon that would have answered is gone); RESYNC_ACK ends that. */
+		if (h.type == RDP_MSG_RESYNC_ACK && !c->resyncing) {
+			protocol_error(d, c, h.id, RDP_E_STATE, &rx);
+			return -1;
+		}
+		rdp_rx_close_fds(&rx);
+		if (h.type == RDP_MSG_RESYNC_ACK)
+			c->resyncing = false;
+		return 1;
+	}
 	switch (h.type) {
 	case RDP_MSG_HELLO:
 		r = handle_hello(d, c, &h);
@@ -765,4 +783,39 @@ out_close_fd:
 int rdd_client_restore_out(struct rdd_client *c, const void *bytes, size_t len)
 {
 	return len ? out_append(c, bytes, len) : 0;
+}
+
+int rdd_client_adopt_stored(struct rdd *d, int fd, uint64_t id)
+{
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	struct rdd_client *c;
+	int r;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0)
+		return -errno;
+	r = rdd_client_attach(d, fd, &cred, &c);
+	if (r < 0)
+		return r;
+	c->id = id;
+	if (id > d->next_client_id)
+		d->next_client_id = id;
+	c->connected_usec = rdd_now_usec(CLOCK_REALTIME);
+	c->hello_done = true;
+	c->features = RDP_FEATURE_RESYNC;
+	c->stored = true; /* systemd still holds it under its name */
+	c->resyncing = true;
+	read_comm(c);
+	uint8_t resync[RDP_HDR_SIZE];
+	rdp_batch_begin(resync, RDP_MSG_RESYNC, 0);
+	r = rdd_client_send(d, c, resync, sizeof(resync));
+	if (r < 0) {
+		rdd_client_close(d, c, "gone before RESYNC");
+		return r;
+	}
+	c->in_pending = true;
+	rdd_client_mark(d, c);
+	log_info("adopted stored connection of client %llu (pid %d): RESYNC sent",
+		 (unsigned long long)id, (int)c->pid);
+	return 0;
 }

@@ -2,6 +2,7 @@
  * Everyone may read the daemon's status and limits and their own uid's connections;
  * the policy's admins may read everyone's and disconnect clients. jansson stays inside
  * this file: the rest of the daemon sees a string. */
+#include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -196,6 +197,10 @@ static json_t *disconnect(struct rdd *d, struct rdd_client *self, json_t *req)
 	if (c == self)
 		return error_reply("%s", "a connection cannot disconnect itself this way: close it");
 	json_int_t id = (json_int_t)c->id;
+	/* Said with an ERROR, so that the client knows it is not a restart to recover from. */
+	size_t len = rdp_encode_error(rdd_txbuf, RDP_MSG_MAX, 0, ECONNABORTED, RDP_E_DISCONNECTED,
+				      rdp_reason_str(RDP_E_DISCONNECTED));
+	(void)rdd_client_send(d, c, rdd_txbuf, len);
 	rdd_client_close(d, c, "disconnected by an admin");
 	return json_pack("{s:b, s:I}", "ok", 1, "disconnected", id);
 }

@@ -118,3 +118,29 @@ void rdd_notify_stopping(struct rdd *d)
 	if (enabled())
 		(void)sd_notify(0, "STOPPING=1\nSTATUS=Shutting down");
 }
+
+#define FDNAME_PREFIX "rdc-"
+
+void rdd_notify_fdstore(struct rdd *d, struct rdd_client *c)
+{
+	(void)d;
+	if (!enabled())
+		return;
+	char msg[64];
+	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=" FDNAME_PREFIX "%llu",
+		 (unsigned long long)c->id);
+	int r = sd_pid_notify_with_fds(0, 0, msg, &c->fd, 1);
+	if (r > 0)
+		c->stored = true;
+	else if (r < 0)
+		log_debug("FDSTORE client %llu: %s", (unsigned long long)c->id, strerror(-r));
+}
+
+void rdd_notify_fdstore_remove(struct rdd *d, struct rdd_client *c)
+{
+	(void)d;
+	if (!c->stored || !enabled())
+		return;
+	(void)sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=" FDNAME_PREFIX "%llu", (unsigned long long)c->id);
+	c->stored = false;
+}

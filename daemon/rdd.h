@@ -59,6 +59,9 @@ struct rdd_client {
 	bool out_ready;   /* EPOLLOUT arrived since the last service */
 	bool in_pending;  /* input may be waiting (edge-triggered: read until EAGAIN) */
 	bool on_dirty;    /* on the loop's list of clients with work */
+	bool stored;      /* kept in systemd's fd store as rdc-<id> */
+	bool resyncing;   /* sent RESYNC: requests are discarded until RESYNC_ACK */
+	uint32_t features; /* granted in WELCOME */
 	struct rdd_tokmap map;
 	struct rdd_queue ready;
 	uint32_t nregs;
@@ -181,6 +184,12 @@ void rdd_notify_ready(struct rdd *d);
 void rdd_notify_reloading(struct rdd *d);
 void rdd_notify_tick(struct rdd *d);
 void rdd_notify_stopping(struct rdd *d);
+/* Keep a client connection in systemd's fd store (FDSTORE=1, FDNAME=rdc-<id>), or take
+ * it out when the client leaves. */
+void rdd_notify_fdstore(struct rdd *d, struct rdd_client *c);
+void rdd_notify_fdstore_remove(struct rdd *d, struct rdd_client *c);
+/* A connection systemd kept for us across a crash: adopt it and tell it to resync. */
+int rdd_client_adopt_stored(struct rdd *d, int fd, uint64_t id);
 
 /* policy (reload.c): may this peer connect, may it administer? */
 bool rdd_may_connect(const struct rdd *d, int fd, uid_t uid, gid_t gid);

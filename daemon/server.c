@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -83,10 +84,27 @@ int rdd_listen_activated(struct rdd *d)
 			log_err("LISTEN_FDS: %s", strerror(-n));
 		return n;
 	}
-	int taken = 0;
+	int taken = 0, clients = 0;
 	for (int i = 0; i < n; i++) {
 		int fd = SD_LISTEN_FDS_START + i;
 		const char *name = names && names[i] ? names[i] : "unknown";
+		unsigned long long id;
+		char extra;
+		if (sscanf(name, "rdc-%llu%c", &id, &extra) == 1) {
+			/* A client connection from the fd store: we crashed and were restarted. */
+			fcntl(fd, F_SETFD, FD_CLOEXEC);
+			fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+			int r = sd_is_socket(fd, AF_UNIX, SOCK_SEQPACKET, 0) > 0
+					? rdd_client_adopt_stored(d, fd, id)
+					: -ENOTSOCK;
+			if (r < 0) {
+				log_warning("stored connection %s: %s; dropped", name, strerror(-r));
+				(void)sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=%s", name);
+				close(fd);
+			} else
+				clients++;
+			continue;
+		}
 		if (sd_is_socket(fd, AF_UNIX, SOCK_SEQPACKET, 1) <= 0) {
 			log_warning("passed fd %d (%s) is not a listening AF_UNIX SOCK_SEQPACKET socket; "
 				    "closing it", fd, name);
@@ -112,7 +130,10 @@ int rdd_listen_activated(struct rdd *d)
 			free(names[i]);
 		free(names);
 	}
-	return taken > 0 ? taken : -EBADF;
+	if (clients)
+		log_notice("restarted: %d client connections kept by systemd, asked to resync", clients);
+	/* Clients alone, without a listener: bind our own socket as usual. */
+	return taken > 0 || clients > 0 ? taken : -EBADF;
 }
 
 int rdd_listen(struct rdd *d, const char *path)

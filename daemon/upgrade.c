@@ -78,11 +78,13 @@ static json_t *client_state(struct rdd *d, struct rdd_client *c)
 		if (!a || json_array_append_new(regs, a) < 0)
 			goto fail;
 	}
-	json_t *o = json_pack("{s:i, s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:I, s:s, s:o}", "fd", c->fd,
+	json_t *o = json_pack("{s:i, s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:I, s:s, s:o, s:b, s:b, s:i}",
+			      "fd", c->fd,
 			      "id", (json_int_t)c->id, "pid", (json_int_t)c->pid, "uid",
 			      (json_int_t)c->uid, "gid", (json_int_t)c->gid, "comm", c->comm, "hello",
 			      c->hello_done, "since", (json_int_t)c->connected_usec, "delivered",
-			      (json_int_t)c->events_delivered, "out", hex, "regs", regs);
+			      (json_int_t)c->events_delivered, "out", hex, "regs", regs, "stored",
+			      c->stored, "resyncing", c->resyncing, "features", (int)c->features);
 	free(hex);
 	return o;
 fail:
@@ -290,6 +292,9 @@ static int restore_client(struct rdd *d, json_t *o, json_int_t reply_client, jso
 	c->hello_done = json_is_true(json_object_get(o, "hello"));
 	c->connected_usec = (uint64_t)get_int(o, "since");
 	c->events_delivered = (uint64_t)get_int(o, "delivered");
+	c->stored = json_is_true(json_object_get(o, "stored"));
+	c->resyncing = json_is_true(json_object_get(o, "resyncing"));
+	c->features = (uint32_t)get_int(o, "features");
 	snprintf(c->comm, sizeof(c->comm), "%s", json_string_value(json_object_get(o, "comm")) ?: "?");
 
 	json_array_foreach(regs, i, a) {

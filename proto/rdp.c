@@ -20,6 +20,7 @@ static const char *const reason_str[RDP_E_REASON_MAX] = {
 	[RDP_E_ENTRY] = "reserved interest or flag bits are set in an entry",
 	[RDP_E_BODY] = "message body has the wrong size for its type",
 	[RDP_E_RESOURCE] = "connection refused by a limit or the policy",
+	[RDP_E_DISCONNECTED] = "disconnected by an administrator",
 };
 
 const char *rdp_reason_str(uint32_t reason)
@@ -137,6 +138,7 @@ static const struct shape request_shapes[] = {
 	{ .type = RDP_MSG_DEL, .entry = RDP_TOK_ENTRY_SIZE, .max_count = RDP_BATCH_MAX },
 	{ .type = RDP_MSG_REARM, .entry = RDP_TOK_ENTRY_SIZE, .max_count = RDP_BATCH_MAX },
 	{ .type = RDP_MSG_CONTROL, .free_form = true, .min_body = 1 },
+	{ .type = RDP_MSG_RESYNC_ACK, .fixed = 0 },
 };
 
 static const struct shape daemon_shapes[] = {
@@ -145,6 +147,7 @@ static const struct shape daemon_shapes[] = {
 	{ .type = RDP_MSG_EVENTS, .entry = RDP_EVENT_SIZE, .max_count = RDP_EVENTS_MAX },
 	{ .type = RDP_MSG_ERROR, .free_form = true, .min_body = RDP_ERROR_FIXED },
 	{ .type = RDP_MSG_CONTROL_REPLY, .free_form = true, .min_body = 1 },
+	{ .type = RDP_MSG_RESYNC, .fixed = 0 },
 };
 
 static uint32_t check(const struct shape *shapes, size_t nshapes, const void *msg, size_t len,

@@ -36,12 +36,14 @@ enum rdp_type {
 	RDP_MSG_DEL     = 0x0004,
 	RDP_MSG_REARM   = 0x0005,
 	RDP_MSG_CONTROL = 0x0006, /* JSON request body */
+	RDP_MSG_RESYNC_ACK = 0x0007, /* the client has seen RESYNC; requests count again */
 
 	RDP_MSG_WELCOME       = 0x8001, /* answer to HELLO */
 	RDP_MSG_REPLY         = 0x8002, /* answer to ADD/MOD/DEL/REARM: a status per entry */
 	RDP_MSG_EVENTS        = 0x8003, /* unsolicited batch of readiness records */
 	RDP_MSG_ERROR         = 0x8004, /* protocol error; the daemon then disconnects */
 	RDP_MSG_CONTROL_REPLY = 0x8005, /* JSON answer to CONTROL */
+	RDP_MSG_RESYNC        = 0x8006, /* the daemon restarted: re-add your registrations */
 };
 
 /* Interest bits (ADD, MOD). */
@@ -63,9 +65,10 @@ enum rdp_type {
 #define RDP_FLAG_ONESHOT 0x1u
 #define RDP_FLAG_ALL     0x1u
 
-/* Feature bits offered in HELLO and granted in WELCOME. None are defined in version 1;
- * the daemon grants the intersection of what it knows and what was asked. */
-#define RDP_FEATURES_KNOWN 0x0u
+/* Feature bits offered in HELLO and granted in WELCOME: the daemon grants the
+ * intersection of what it knows and what was asked. */
+#define RDP_FEATURE_RESYNC 0x1u /* keep this connection across a daemon crash, then RESYNC */
+#define RDP_FEATURES_KNOWN 0x1u
 
 /* Why a message was refused. Sent in ERROR; the connection is then closed. */
 enum rdp_reason {
@@ -84,6 +87,7 @@ enum rdp_reason {
 	RDP_E_ENTRY,       /* reserved bits set in an entry's interest or flags */
 	RDP_E_BODY,        /* a fixed-size body has the wrong size */
 	RDP_E_RESOURCE,    /* the daemon refused the connection: a limit or policy */
+	RDP_E_DISCONNECTED, /* an administrator closed this connection (not a restart) */
 	RDP_E_REASON_MAX,
 };
 
