@@ -141,7 +141,7 @@ check-man:
 
 # make install [PREFIX=/usr] [DESTDIR=/tmp/stage] [BINDIR=...] ...: the binaries, the
 # library (the versioned file, its soname link and its link-time name), the header,
-# readyd.pc, every man page (link pages too), the units with ExecStart pointed at SBINDIR,
+# readyd.pc, every man page (link pages as symlinks), the units with ExecStart at SBINDIR,
 # and the sysusers entry. make uninstall removes those files and nothing else; the
 # directories stay, as other packages may share them.
 INSTALL   ?= install
@@ -176,7 +176,16 @@ install: $(BINS) $(LIBS)
 	ln -sfn libreadyd.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libreadyd.so
 	$(INSTALL) -m 0644 $(B)/gen/readyd.pc $(DESTDIR)$(PKGCONFIGDIR)/readyd.pc
 	$(INSTALL) -m 0644 client/readyd.h $(DESTDIR)$(INCLUDEDIR)/readyd.h
-	for m in $(MAN_PAGES); do $(INSTALL) -m 0644 $$m $(DESTDIR)$(MANDIR)/man$${m##*.}/ || exit 1; done
+	@# A link page (one .so line) goes in as a symbolic link, as Debian policy and mandoc prefer.
+	for m in $(MAN_PAGES); do \
+		s=$${m##*.}; so=$$(sed -n '1s/^\.so  *//p' $$m); \
+		if [ -n "$$so" ] && [ "$$(wc -l < $$m)" = 1 ]; then \
+			case $$so in man$$s/*) so=$${so#man$$s/} ;; *) so=../$$so ;; esac; \
+			ln -sfn $$so $(DESTDIR)$(MANDIR)/man$$s/$${m##*/}; \
+		else \
+			$(INSTALL) -m 0644 $$m $(DESTDIR)$(MANDIR)/man$$s/; \
+		fi || exit 1; \
+	done
 	$(INSTALL) -m 0644 $(B)/gen/readyd.service systemd/readyd.socket $(DESTDIR)$(SYSTEMDUNITDIR)/
 	$(INSTALL) -m 0644 $(B)/gen/user/readyd.service systemd/user/readyd.socket $(DESTDIR)$(SYSTEMDUSERUNITDIR)/
 	$(INSTALL) -m 0644 systemd/readyd.sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/readyd.conf

@@ -51,9 +51,15 @@ check "libreadyd.so -> .so.1 -> .so.1.0.0, and libreadyd.a" \
 	-f "$libdir/libreadyd.so.1.0.0" -a -f "$libdir/libreadyd.a"
 check "readyd.h" cmp -s "$here/client/readyd.h" "$usr/include/readyd.h"
 nman=$(ls "$here"/man/*.[1-8] | wc -l)
-check "all $nman man pages" test "$(find "$usr/share/man" -type f | wc -l)" = "$nman"
-check "rd_add(3), a link page, resolves in the installed tree" \
+check "all $nman man pages" test "$(find "$usr/share/man" ! -type d | wc -l)" = "$nman"
+check "link pages are symbolic links: rd_add.3 -> libreadyd.3" \
+	test "$(readlink "$usr/share/man/man3/rd_add.3")" = libreadyd.3
+check "rd_add(3) resolves in the installed tree" \
 	bash -c "MANWIDTH=80 man -M '$usr/share/man' -P cat 3 rd_add 2>/dev/null | grep -q 'rd_rearm_batch'"
+if command -v mandoc >/dev/null; then
+	check "mandoc -Tlint: no warnings in the installed pages" \
+		bash -c "! mandoc -Tlint -W warning '$usr'/share/man/man*/* 2>&1 | grep -q ."
+fi
 check "units and sysusers entry" test -n "$(find "$root" -path '*/system/readyd.socket')" -a \
 	-n "$(find "$root" -path '*/system/readyd.service')" -a \
 	-n "$(find "$root" -path '*/user/readyd.service')" -a \
