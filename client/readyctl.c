@@ -25,6 +25,9 @@ static void usage(FILE *f)
 		   "                          by 'clients')\n"
 		   "  limits                  the limits in force\n"
 		   "  disconnect CLIENT       close a client's connection (admins only)\n"
+		   "  reload                  re-read the configuration file (admins only)\n"
+		   "  upgrade [--binary PATH] re-execute readyd, or PATH, in place, keeping every\n"
+		   "                          client and registration (admins only)\n"
 		   "  top                     clients by event rate, refreshed every second;\n"
 		   "                          q quits, space refreshes now\n"
 		   "\n"
@@ -32,6 +35,7 @@ static void usage(FILE *f)
 		   "  -s, --socket PATH      the daemon's socket (default: as readyd resolves it)\n"
 		   "  -j, --json             print the daemon's JSON answer(s), one per line\n"
 		   "                         (top: one object of its own per refresh)\n"
+		   "  -b, --binary PATH      upgrade: the binary to execute (default: readyd's own)\n"
 		   "  -n, --iterations N     top: exit after N refreshes\n"
 		   "  -d, --delay SECONDS    top: seconds between refreshes (default 1)\n"
 		   "  -h, --help             show this help and exit\n"
@@ -79,6 +83,16 @@ static json_t *ask(json_t *req, int *rc)
 		return NULL;
 	}
 	return j;
+}
+
+void readyctl_printable(char *dst, size_t cap, const char *src)
+{
+	size_t i = 0;
+	for (; src && src[i] && i + 1 < cap; i++) {
+		unsigned char ch = (unsigned char)src[i];
+		dst[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+	}
+	dst[i] = '\0';
 }
 
 static long long num(json_t *o, const char *key)
@@ -149,8 +163,10 @@ static int cmd_clients(void)
 	       "DELIVERED", "CONNECTED");
 	json_array_foreach(json_object_get(j, "clients"), i, c) {
 		long long since = num(c, "connected_since_usec") / 1000000;
+		char comm[16];
+		readyctl_printable(comm, sizeof(comm), json_string_value(json_object_get(c, "comm")));
 		printf("%6lld %8lld %6lld %-15s %8lld %8lld %12lld  ", num(c, "id"), num(c, "pid"),
-		       num(c, "uid"), json_string_value(json_object_get(c, "comm")),
+		       num(c, "uid"), comm,
 		       num(c, "registrations"), num(c, "queued_events"), num(c, "events_delivered"));
 		print_duration(now > since ? now - since : 0);
 		printf(" ago%s\n", json_is_true(json_object_get(c, "self")) ? " (this readyctl)" : "");
@@ -262,6 +278,31 @@ static int cmd_disconnect(const char *arg)
 	return rc;
 }
 
+static int cmd_reload(void)
+{
+	int rc = EXIT_OK;
+	json_t *j = ask(json_pack("{s:s}", "command", "reload"), &rc);
+	if (j && !json_out)
+		printf("reloaded: %lld registrations per client, %lld clients per uid, fd limit %lld\n",
+		       num(j, "registrations_per_client"), num(j, "clients_per_uid"), num(j, "max_fds"));
+	json_decref(j);
+	return rc;
+}
+
+/* The answer comes from the new binary, over the same connection. */
+static int cmd_upgrade(const char *binary)
+{
+	int rc = EXIT_OK;
+	json_t *req = binary ? json_pack("{s:s, s:s}", "command", "upgrade", "binary", binary)
+			     : json_pack("{s:s}", "command", "upgrade");
+	json_t *j = ask(req, &rc);
+	if (j && !json_out)
+		printf("upgraded: readyd %s, pid %lld\n", json_string_value(json_object_get(j, "version")),
+		       num(j, "pid"));
+	json_decref(j);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -271,16 +312,21 @@ int main(int argc, char **argv)
 		{ "version", no_argument, NULL, 'V' },
 		{ "iterations", required_argument, NULL, 'n' },
 		{ "delay", required_argument, NULL, 'd' },
+		{ "binary", required_argument, NULL, 'b' },
 		{ 0 },
 	};
 	const char *path = NULL;
 	struct top_opts top = { .iterations = 0, .delay = 1.0 };
 	bool top_opt = false;
+	const char *binary = NULL;
 	char *end;
 	int o;
 
-	while ((o = getopt_long(argc, argv, "s:jhVn:d:", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "s:jhVn:d:b:", opts, NULL)) != -1) {
 		switch (o) {
+		case 'b':
+			binary = optarg;
+			break;
 		case 's':
 			path = optarg;
 			break;
@@ -325,13 +371,17 @@ int main(int argc, char **argv)
 	const char *arg = optind + 1 < argc ? argv[optind + 1] : NULL;
 	int max_args = strcmp(cmd, "registrations") == 0 || strcmp(cmd, "disconnect") == 0 ? 2 : 1;
 	static const char *const known[] = { "status", "clients", "registrations", "limits",
-					     "disconnect", "top" };
+					     "disconnect", "top", "reload", "upgrade" };
 	int ok = 0;
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
 		ok |= strcmp(cmd, known[i]) == 0;
 	if (!ok || argc - optind > max_args) {
 		fprintf(stderr, "readyctl: %s '%s'\n", ok ? "too many arguments for" : "unknown command", cmd);
 		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (binary && strcmp(cmd, "upgrade") != 0) {
+		fprintf(stderr, "readyctl: --binary is an option of upgrade\n");
 		return EXIT_USAGE;
 	}
 	if (top_opt && strcmp(cmd, "top") != 0) {
@@ -359,6 +409,10 @@ int main(int argc, char **argv)
 		rc = cmd_limits();
 	else if (strcmp(cmd, "disconnect") == 0)
 		rc = cmd_disconnect(arg);
+	else if (strcmp(cmd, "reload") == 0)
+		rc = cmd_reload();
+	else if (strcmp(cmd, "upgrade") == 0)
+		rc = cmd_upgrade(binary);
 	else {
 		top.json = json_out;
 		rc = readyctl_top(conn, &top);

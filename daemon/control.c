@@ -21,7 +21,7 @@
 
 static json_t *error_reply(const char *fmt, const char *arg)
 {
-	char text[400];
+	char text[640];
 	snprintf(text, sizeof(text), fmt, arg);
 	return json_pack("{s:b, s:s}", "ok", 0, "error", text);
 }
@@ -205,6 +205,16 @@ static json_t *disconnect(struct rdd *d, struct rdd_client *self, json_t *req)
 	return json_pack("{s:b, s:I}", "ok", 1, "disconnected", id);
 }
 
+static json_t *reload(struct rdd *d, struct rdd_client *self)
+{
+	if (!rdd_is_admin(d, self->uid))
+		return error_reply("%s", "permission denied: reload is for the policy's admins");
+	char err[512];
+	if (rdd_reload(d, err, sizeof(err)) < 0)
+		return error_reply("reload failed, the running configuration stays: %s", err);
+	return limits(d);
+}
+
 /* Only returns when the upgrade failed: on success the new binary answers. */
 static json_t *upgrade(struct rdd *d, struct rdd_client *self, uint32_t id, json_t *req)
 {
@@ -245,6 +255,8 @@ char *rdd_control(struct rdd *d, struct rdd_client *c, uint32_t id, const char *
 			reply = disconnect(d, c, j);
 		else if (strcmp(cmd, "upgrade") == 0)
 			reply = upgrade(d, c, id, j);
+		else if (strcmp(cmd, "reload") == 0)
+			reply = reload(d, c);
 		else
 			reply = error_reply("unknown command \"%.64s\"", cmd);
 		json_decref(j);

@@ -175,7 +175,8 @@ int rdd_upgrade_restore(struct rdd *d, int fd);
 /* reload.c: the configuration file, applied at start and again on SIGHUP. */
 struct rdd_config;
 void rdd_config_apply(struct rdd *d, const struct rdd_config *cfg);
-void rdd_reload(struct rdd *d);
+/* Read the config file again; on error keep the running one and say why in err. */
+int rdd_reload(struct rdd *d, char *err, size_t errlen);
 
 /* notify.c: sd_notify(3) to the service manager; everything is a no-op without
  * NOTIFY_SOCKET. */

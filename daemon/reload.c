@@ -76,13 +76,14 @@ bool rdd_may_connect(const struct rdd *d, int fd, uid_t uid, gid_t gid)
 	return false;
 }
 
-void rdd_reload(struct rdd *d)
+int rdd_reload(struct rdd *d, char *err, size_t errlen)
 {
 	struct rdd_config cfg;
-	char err[512];
+	int r;
 
 	rdd_notify_reloading(d);
-	if (rdd_config_load(d->config_path, d->config_required, &cfg, err, sizeof(err)) < 0) {
+	r = rdd_config_load(d->config_path, d->config_required, &cfg, err, errlen);
+	if (r < 0) {
 		log_err("reload: %s: %s; keeping the running configuration", d->config_path, err);
 	} else {
 		/* Only a socket we bound from the config can be outdated by it. */
@@ -95,4 +96,5 @@ void rdd_reload(struct rdd *d)
 			   d->config_path, d->lim.regs_per_client, d->lim.clients_per_uid, d->lim.max_fds);
 	}
 	rdd_notify_ready(d);
+	return r;
 }

@@ -288,10 +288,12 @@ static void handle_signal(struct rdd *d)
 			log_info("%s: shutting down", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
 			d->stopping = true;
 			break;
-		case SIGHUP:
+		case SIGHUP: {
+			char err[512];
 			log_info("SIGHUP: reloading %s", d->config_path);
-			rdd_reload(d);
+			(void)rdd_reload(d, err, sizeof(err));
 			break;
+		}
 		case SIGUSR2: {
 			char err[256];
 			log_info("SIGUSR2: upgrading");

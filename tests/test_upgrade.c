@@ -243,12 +243,52 @@ static void test_upgrade_binary_choice(void **state)
 	close(p[1]);
 }
 
+/* readyctl upgrade and readyctl reload go through the control plane, and say what
+ * happened in their exit status. */
+static void test_readyctl_upgrade_and_reload(void **state)
+{
+	(void)state;
+	const char *ctl = getenv("READYCTL_BIN") ? getenv("READYCTL_BIN") : "build/bin/readyctl";
+	char cmd[512], line[256] = "";
+	rd_client *c = open_client();
+	int p[2];
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	assert_int_equal(rd_add(c, p[0], 4, RD_READABLE, 0), 0);
+
+	snprintf(cmd, sizeof(cmd), "%s --socket %s upgrade", ctl, daemon_.sock);
+	FILE *f = popen(cmd, "r");
+	assert_non_null(f);
+	assert_non_null(fgets(line, sizeof(line), f));
+	assert_int_equal(pclose(f), 0);
+	char want[64];
+	snprintf(want, sizeof(want), "pid %d", (int)daemon_.pid);
+	assert_non_null(strstr(line, want));
+
+	snprintf(cmd, sizeof(cmd), "%s --socket %s upgrade --binary /bin/true 2>/dev/null", ctl,
+		 daemon_.sock);
+	int st = system(cmd);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 1);
+	snprintf(cmd, sizeof(cmd), "%s --socket %s reload >/dev/null", ctl, daemon_.sock);
+	assert_int_equal(system(cmd), 0);
+
+	/* The client was there all along. */
+	assert_int_equal(write(p[1], "x", 1), 1);
+	struct rd_event ev;
+	assert_int_equal(rd_wait(c, &ev, 1, PATIENCE_MS), 1);
+	assert_int_equal(ev.token, 4);
+	rd_close(c);
+	close(p[0]);
+	close(p[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_upgrade_under_load, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_keeps_modes_and_queue, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_binary_choice, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_readyctl_upgrade_and_reload, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("upgrade", tests, group_setup, group_teardown);
 }
