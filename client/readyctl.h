@@ -3,6 +3,7 @@
 #define READYD_READYCTL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "readyd.h"
 
@@ -13,6 +14,10 @@ struct top_opts {
 	double delay;    /* seconds between refreshes */
 	bool json;       /* one JSON object per refresh instead of the table */
 };
+
+/* A command name as a terminal may show it: control characters become '?', as any
+ * process chooses its own name. dst gets at most cap - 1 bytes and a NUL. */
+void readyctl_printable(char *dst, size_t cap, const char *src);
 
 /* readyctl top: the live view of clients by event rate (readyctl_top.c). Returns an exit
  * status. */

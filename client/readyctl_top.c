@@ -151,18 +151,6 @@ static json_t *fetch(rd_client *c, const char *command)
 	return j;
 }
 
-/* A command name as a terminal may show it: any process can choose its own, control
- * characters included. */
-static void copy_comm(char *dst, size_t cap, const char *src)
-{
-	size_t i = 0;
-	for (; src && src[i] && i + 1 < cap; i++) {
-		unsigned char ch = (unsigned char)src[i];
-		dst[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
-	}
-	dst[i] = '\0';
-}
-
 static int by_id(const void *a, const void *b)
 {
 	const struct top_prev *x = a, *y = b;
@@ -338,7 +326,8 @@ static int refresh(struct top *t)
 		r->regs = num(c, "registrations");
 		r->queued = num(c, "queued_events");
 		r->delivered = num(c, "events_delivered");
-		copy_comm(r->comm, sizeof(r->comm), json_string_value(json_object_get(c, "comm")));
+		readyctl_printable(r->comm, sizeof(r->comm),
+				   json_string_value(json_object_get(c, "comm")));
 		r->rate = -1;
 		if (rates) {
 			/* A client new since the last poll delivered all it has since then. */
