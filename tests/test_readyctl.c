@@ -399,6 +399,61 @@ static void test_top_terminal(void **state)
 	close(m);
 }
 
+/* A process names itself: the tables show control characters in a command name as '?',
+ * so a client cannot send escape sequences to an admin's terminal. */
+static void test_control_characters_in_names(void **state)
+{
+	(void)state;
+	int gate[2];
+	assert_int_equal(pipe2(gate, O_CLOEXEC), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		prctl(PR_SET_NAME, "ev\033[2Jl\a");
+		close(gate[1]);
+		rd_client *c = NULL;
+		if (rd_open(&c, daemon_.sock) < 0)
+			_exit(1);
+		char b;
+		/* Connected until the test closes the gate (or dies). */
+		while (read(gate[0], &b, 1) < 0 && errno == EINTR)
+			;
+		_exit(0);
+	}
+	close(gate[0]);
+	rd_client *c = NULL;
+	assert_int_equal(rd_open(&c, daemon_.sock), 0);
+	bool seen = false;
+	for (int i = 0; i < 500 && !seen; i++) {
+		json_t *j = control(c, "{\"command\":\"clients\"}");
+		size_t k;
+		json_t *cl;
+		json_array_foreach(json_object_get(j, "clients"), k, cl) {
+			const char *comm = json_string_value(json_object_get(cl, "comm"));
+			seen |= comm && strcmp(comm, "ev\033[2Jl\a") == 0;
+		}
+		json_decref(j);
+		if (!seen)
+			nap_ms(10);
+	}
+	static char out[16384];
+	int rc_clients = seen ? run_readyctl("clients", out, sizeof(out)) : -1;
+	bool clients_ok = rc_clients == 0 && !strchr(out, '\033') && !strchr(out, '\a') &&
+			  strstr(out, " ev?[2Jl? ");
+	int rc_top = seen ? run_readyctl("top -n 1", out + 8192, sizeof(out) - 8192) : -1;
+	bool top_ok = rc_top == 0 && !strchr(out + 8192, '\033') && strstr(out + 8192, " ev?[2Jl? ");
+	close(gate[1]);
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	rd_close(c);
+	assert_true(seen);
+	if (!clients_ok)
+		fail_msg("readyctl clients (exit %d):\n%s", rc_clients, out);
+	if (!top_ok)
+		fail_msg("readyctl top -n 1 (exit %d):\n%s", rc_top, out + 8192);
+}
+
 /* Usage errors exit 2 before connecting; no daemon exits 3. */
 static void test_top_usage(void **state)
 {
@@ -432,6 +487,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_top_snapshots, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_top_json, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_top_terminal, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_control_characters_in_names, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_top_usage, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("readyctl", tests, group_setup, group_teardown);
