@@ -115,7 +115,7 @@ check-install: $(BINS) $(LIBS)
 
 # readyd under a real systemd user manager in a private mount namespace (SKIP if the
 # machine cannot run one).
-check-systemd: $(BINS) $(EXAMPLES)
+check-systemd: $(BINS) $(EXAMPLES) $(B)/tests/load-client
 	tests/systemd-user.sh $(B)
 
 # The units verify (with ExecStart pointed at the build), and the system service's
@@ -229,6 +229,11 @@ $(B)/bin/readyctl: $(CTL_OBJ) $(B)/lib/libreadyd.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CTL_OBJ) $(B)/lib/libreadyd.a $(PKG_LIBS)
 
 $(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^
+
+# The load driver of tests/systemd-user.sh.
+$(B)/tests/load-client: $(B)/obj/tests/load_client.o $(B)/lib/libreadyd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^
 
