@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -110,6 +111,82 @@ static int parse_policy(json_t *o, struct rdd_config *cfg, char *err, size_t err
 	return 0;
 }
 
+static int read_file(const char *path, char **out, size_t *len)
+{
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	size_t cap = 4096, n = 0;
+	char *buf = malloc(cap);
+	while (buf) {
+		n += fread(buf + n, 1, cap - n, f);
+		if (n < cap || cap >= (64u << 20))
+			break;
+		char *nb = realloc(buf, cap * 2);
+		if (!nb) {
+			free(buf);
+			buf = NULL;
+			break;
+		}
+		buf = nb;
+		cap *= 2;
+	}
+	int r = ferror(f) ? -EIO : 0;
+	fclose(f);
+	if (!buf)
+		return -ENOMEM;
+	if (r < 0) {
+		free(buf);
+		return r;
+	}
+	*out = buf;
+	*len = n;
+	return 0;
+}
+
+/* jansson keeps no positions for values: find where the key named in the message
+ * ("a" or "a.b") stands in the text, and prefix its line and column. */
+static void locate_error(const char *text, size_t len, char *err, size_t errlen)
+{
+	const char *q = strchr(err, '"'), *e = q ? strchr(q + 1, '"') : NULL;
+	if (!text || !q || !e || strncmp(err, "line ", 5) == 0)
+		return;
+	char path[160];
+	snprintf(path, sizeof(path), "%.*s", (int)(e - q - 1), q + 1);
+	size_t at = 0;
+	bool found = false;
+	for (char *comp = strtok(path, "."); comp; comp = strtok(NULL, ".")) {
+		char want[80];
+		int wl = snprintf(want, sizeof(want), "\"%s\"", comp);
+		found = false;
+		for (size_t i = at; wl > 0 && i + (size_t)wl <= len; i++) {
+			if (memcmp(text + i, want, (size_t)wl) != 0)
+				continue;
+			size_t k = i + (size_t)wl;
+			while (k < len && strchr(" \t\r\n", text[k]))
+				k++;
+			if (k < len && text[k] == ':') {
+				at = i;
+				found = true;
+				break;
+			}
+		}
+		if (!found)
+			return;
+	}
+	int line = 1, col = 1;
+	for (size_t i = 0; i < at; i++) {
+		if (text[i] == '\n') {
+			line++;
+			col = 1;
+		} else
+			col++;
+	}
+	char msg[512];
+	snprintf(msg, sizeof(msg), "line %d, column %d: %s", line, col, err);
+	snprintf(err, errlen, "%s", msg);
+}
+
 int rdd_config_load(const char *path, bool required, struct rdd_config *cfg, char *err,
 		    size_t errlen)
 {
@@ -121,8 +198,17 @@ int rdd_config_load(const char *path, bool required, struct rdd_config *cfg, cha
 	*cfg = (struct rdd_config){ .log_level = -1 };
 	if (!required && access(path, F_OK) < 0 && errno == ENOENT)
 		return 0;
-	json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+	char *text = NULL;
+	size_t text_len = 0;
+	json_t *root = NULL;
+	r = read_file(path, &text, &text_len);
+	if (r < 0) {
+		snprintf(err, errlen, "unable to open file: %s", strerror(-r));
+		return r;
+	}
+	root = json_loadb(text, text_len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root) {
+		free(text);
 		if (jerr.line < 0)
 			snprintf(err, errlen, "%s", jerr.text);
 		else
@@ -171,8 +257,11 @@ int rdd_config_load(const char *path, bool required, struct rdd_config *cfg, cha
 	}
 finish:
 	json_decref(root);
-	if (r < 0)
+	if (r < 0) {
+		locate_error(text, text_len, err, errlen);
 		rdd_config_fini(cfg);
+	}
+	free(text);
 	return r;
 }
 

@@ -6,6 +6,9 @@
  * got. The listening socket and every connection are registered with readyd in edge
  * mode; the server reads and writes until EAGAIN on each event, and asks for writable
  * readiness only while it has bytes it could not write yet. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* accept4 */
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>

@@ -802,6 +802,10 @@ static void test_startup_errors_and_journal(void **state)
 	write_file(cfg, "{\"limits\": {\"registrations_per_clint\": 5}}");
 	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
 	assert_non_null(strstr(line, "limits.registrations_per_clint"));
+	/* Key errors say where the key stands too. */
+	write_file(cfg, "{\n  \"log_level\": \"info\",\n  \"limits\": {\n    \"max_fds\": 5\n  }\n}\n");
+	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
+	assert_non_null(strstr(line, "line 4, column 5: key \"limits.max_fds\""));
 	write_file(cfg, "{\"log_level\": 7}");
 	assert_int_equal(run_readyd(args, false, line, sizeof(line)), 1);
 	assert_non_null(strstr(line, "log_level"));
