@@ -42,7 +42,7 @@ SYSUSERSDIR        ?= $(or $(call SD_VAR,sysusersdir),$(PREFIX)/lib/sysusers.d)
 
 PROTO_SRC  := proto/rdp.c proto/rdp_io.c proto/rdp_path.c
 DAEMON_SRC := daemon/main.c daemon/server.c daemon/client.c daemon/registry.c \
-              daemon/control.c daemon/config.c daemon/log.c daemon/notify.c daemon/reload.c daemon/upgrade.c
+              daemon/control.c daemon/config.c daemon/log.c daemon/notify.c daemon/reload.c daemon/upgrade.c daemon/group.c
 LIB_SRC    := client/readyd.c
 CTL_SRC    := client/readyctl.c client/readyctl_top.c
 
@@ -59,7 +59,7 @@ EXAMPLES := $(B)/bin/echo-server
 
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
 INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-systemd $(B)/tests/test-upgrade \
-              $(B)/tests/test-readyctl $(B)/tests/test-recovery
+              $(B)/tests/test-readyctl $(B)/tests/test-recovery $(B)/tests/test-group
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
 .PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean \

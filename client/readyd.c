@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -37,6 +38,7 @@ struct model_entry {
 	int fd; /* -1: empty slot */
 	uint32_t interest;
 	uint32_t flags;
+	char group[RDP_GROUP_NAME_SIZE + 1]; /* "" when in no group */
 };
 
 struct rd_client {
@@ -375,7 +377,7 @@ static int model_put(rd_client *c, uint64_t token, int fd, uint32_t interest, ui
 {
 	struct model_entry *m = model_find(c, token);
 	if (m) {
-		*m = (struct model_entry){ token, fd, interest, flags };
+		*m = (struct model_entry){ token, fd, interest, flags, "" };
 		return 0;
 	}
 	if ((c->model_len + 1) * 2 > c->model_cap) {
@@ -400,7 +402,7 @@ static int model_put(rd_client *c, uint64_t token, int fd, uint32_t interest, ui
 	size_t k = model_home(c, token);
 	while (c->model[k].fd >= 0)
 		k = (k + 1) & (c->model_cap - 1);
-	c->model[k] = (struct model_entry){ token, fd, interest, flags };
+	c->model[k] = (struct model_entry){ token, fd, interest, flags, "" };
 	c->model_len++;
 	return 0;
 }
@@ -441,6 +443,49 @@ static int model_apply(rd_client *c, uint16_t type, const struct rd_entry *e)
 		return 0;
 	}
 	return 0;
+}
+
+/* One JOIN request and its reply. Returns the entry's status, or a connection error. */
+static int await(rd_client *c, uint16_t type, uint32_t id);
+static int revive(rd_client *c);
+static int join_raw(rd_client *c, uint64_t token, const char *group)
+{
+	const char *names[1] = { group };
+	uint32_t id = new_id(c);
+	size_t len = rdp_encode_join(c->tx, sizeof(c->tx), id, &token, names, 1);
+	if (!len)
+		return -EINVAL;
+	int r = send_msg(c, c->tx, len, NULL, 0);
+	if (r < 0)
+		return lost(c, r);
+	r = await(c, RDP_MSG_REPLY, id);
+	if (r < 0)
+		return r;
+	if (c->rx_hdr.count != 1)
+		return fail(c, -EPROTO);
+	uint32_t st = rdp_status_get(c->rx, 0);
+	return st == 0 ? 0 : st < 4096 ? -(int)st : -EIO;
+}
+
+int rd_join(rd_client *c, uint64_t token, const char *group)
+{
+	if (!c || !group || !group[0] || strlen(group) > RDP_GROUP_NAME_SIZE)
+		return -EINVAL;
+	if (c->dead) {
+		int r = revive(c);
+		if (r < 0)
+			return r;
+	}
+	int r;
+	do
+		r = join_raw(c, token, group);
+	while (r == -ERESTART);
+	if (r == 0) {
+		struct model_entry *m = model_find(c, token);
+		if (m)
+			snprintf(m->group, sizeof(m->group), "%s", group);
+	}
+	return r;
 }
 
 /* ---- after the daemon restarted ---- */
@@ -529,12 +574,31 @@ static int resync(rd_client *c, bool reconnect_first)
 		}
 		for (size_t i = 0; r >= 0 && i < n; i++) {
 			struct rd_event ev = { .token = e[i].token, .ready = e[i].interest };
+			struct model_entry *m = model_find(c, e[i].token);
+			if (e[i].status == 0 && m && m->group[0]) {
+				/* Back into its group, under the same name. */
+				char name[sizeof(m->group)];
+				memcpy(name, m->group, sizeof(name));
+				int jr = join_raw(c, e[i].token, name);
+				if (jr == -ERESTART || jr == -ECONNRESET || jr == -EPIPE) {
+					r = -ERESTART;
+					break;
+				}
+				if ((m = model_find(c, e[i].token)))
+					memcpy(m->group, name, sizeof(name));
+			}
 			if (e[i].status < 0) {
 				model_del(c, e[i].token);
 				ev.ready = RD_ERROR;
 			}
 			if (evq_push(c, &ev) < 0)
 				r = -ENOMEM;
+		}
+		if (r == -ERESTART) {
+			free(e);
+			reconnect_first = c->rx_hdr.type != RDP_MSG_RESYNC;
+			c->dead = 0;
+			continue;
 		}
 		free(e);
 		break;

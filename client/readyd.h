@@ -79,6 +79,13 @@ int rd_delete(rd_client *c, uint64_t token);
 /* Re-arm a oneshot registration. If the fd is still ready, an event follows at once. */
 int rd_rearm(rd_client *c, uint64_t token);
 
+/* Put a oneshot registration in the dispatch group 'group' (1 to 32 bytes), scoped to
+ * your uid: registrations of one file, by any number of processes, each readiness of
+ * which wakes exactly one armed member, round-robin. Leave a group by deleting the
+ * registration. -EINVAL (not oneshot, bad name, interest unlike the group's), -ENOENT,
+ * -EBUSY (already a member), -EXDEV (the group is another file). */
+int rd_join(rd_client *c, uint64_t token, const char *group);
+
 /* Batched forms: 'n' entries, any number, in as few round trips as the protocol allows
  * (253 entries per request, requests pipelined). Return the number of entries whose
  * status is 0, or -errno when the call as a whole failed (the connection is then lost,

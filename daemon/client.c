@@ -256,7 +256,9 @@ out_close_fd:
 static void reg_destroy(struct rdd *d, struct rdd_client *c, uint32_t slot)
 {
 	struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
-	if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->fd, NULL) < 0)
+	if (r->state & RDD_REG_GROUPED)
+		rdd_group_leave(d, slot); /* a member's own fd is not in epoll */
+	else if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->fd, NULL) < 0)
 		log_debug("EPOLL_CTL_DEL token %llu: %s", (unsigned long long)r->token, strerror(errno));
 	rdd_queue_remove(&c->ready, &d->slab, slot);
 	rdd_tokmap_remove(&c->map, &d->slab, slot);
@@ -277,7 +279,9 @@ void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why)
 			if (slot == RDD_NIL)
 				continue;
 			struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
-			if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->fd, NULL) < 0)
+			if (r->state & RDD_REG_GROUPED)
+				rdd_group_leave(d, slot);
+			else if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->fd, NULL) < 0)
 				log_debug("EPOLL_CTL_DEL: %s", strerror(errno));
 			close(r->fd);
 			rdd_slab_free(&d->slab, slot);
@@ -467,6 +471,8 @@ static uint32_t mod_one(struct rdd *d, struct rdd_client *c, const struct rdp_ad
 	if (e->interest == 0)
 		return EINVAL;
 	struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
+	if (r->state & RDD_REG_GROUPED)
+		return EBUSY; /* a member keeps the group's interest and mode: delete it to change */
 	struct epoll_event ev = {
 		.events = epoll_events_for((uint8_t)e->interest, (uint8_t)e->flags),
 		.data.u64 = rdd_data(RDD_TAG_REG, r->gen, slot),
@@ -498,6 +504,11 @@ static uint32_t rearm_one(struct rdd *d, struct rdd_client *c, uint64_t token)
 	if (slot == RDD_NIL)
 		return ENOENT;
 	struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
+	if (r->state & RDD_REG_GROUPED) {
+		r->state &= (uint8_t)~RDD_REG_DISARMED;
+		rdd_group_rearm(d, slot);
+		return 0;
+	}
 	struct epoll_event ev = {
 		.events = epoll_events_for(r->interest, r->flags),
 		.data.u64 = rdd_data(RDD_TAG_REG, r->gen, slot),
@@ -506,6 +517,18 @@ static uint32_t rearm_one(struct rdd *d, struct rdd_client *c, uint64_t token)
 		return (uint32_t)errno;
 	r->state &= (uint8_t)~RDD_REG_DISARMED;
 	return 0;
+}
+
+static uint32_t join_one(struct rdd *d, struct rdd_client *c, uint32_t i)
+{
+	uint64_t token;
+	char name[RDP_GROUP_NAME_SIZE + 1];
+	if (!rdp_join_entry_get(rdd_rxbuf, i, &token, name))
+		return EINVAL;
+	uint32_t slot = rdd_tokmap_find(&c->map, &d->slab, token);
+	if (slot == RDD_NIL)
+		return ENOENT;
+	return rdd_group_join(d, c, slot, name);
 }
 
 /* ADD, MOD, DEL, REARM: one status per entry, one REPLY. */
@@ -535,6 +558,9 @@ static int handle_batch(struct rdd *d, struct rdd_client *c, const struct rdp_hd
 			break;
 		case RDP_MSG_REARM:
 			st = rearm_one(d, c, rdp_token_get(msg, i));
+			break;
+		case RDP_MSG_JOIN:
+			st = join_one(d, c, i);
 			break;
 		}
 		rdp_reply_set(reply, i, st);
@@ -676,11 +702,9 @@ void rdd_client_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t event
 	rdd_client_mark(d, c);
 }
 
-void rdd_reg_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events)
+void rdd_reg_deliver(struct rdd *d, uint32_t slot, uint32_t events)
 {
-	struct rdd_reg *r = rdd_slab_lookup(&d->slab, slot, gen);
-	if (!r)
-		return;
+	struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
 	if (r->flags & RDP_FLAG_ONESHOT)
 		r->state |= RDD_REG_DISARMED; /* the kernel disarmed it as it reported */
 	uint8_t bits = ready_from_epoll(events) & (uint8_t)(r->interest | READY_ALWAYS);
@@ -691,6 +715,12 @@ void rdd_reg_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events)
 	struct rdd_client *c = d->clients[r->owner];
 	if (rdd_queue_push(&c->ready, &d->slab, slot))
 		rdd_client_mark(d, c);
+}
+
+void rdd_reg_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events)
+{
+	if (rdd_slab_lookup(&d->slab, slot, gen))
+		rdd_reg_deliver(d, slot, events);
 }
 
 /* Do a client's work for this wakeup, within its budgets: queued output first, then
@@ -733,7 +763,8 @@ out_close:
 	rdd_client_close(d, c, r < 0 ? strerror(-r) : "send failed");
 }
 
-int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *saved, int fd)
+int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *saved, int fd,
+		    const char *group)
 {
 	uint32_t slot;
 	int r;
@@ -771,6 +802,12 @@ int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *s
 	d->nfds++;
 	if (g->pending && rdd_queue_push(&c->ready, &d->slab, slot))
 		rdd_client_mark(d, c);
+	if (group) {
+		uint32_t st = rdd_group_join(d, c, slot, group);
+		if (st)
+			log_err("upgrade: token %llu could not rejoin group %s: %s",
+				(unsigned long long)saved->token, group, strerror((int)st));
+	}
 	return 0;
 
 out_free_slot:

@@ -167,10 +167,11 @@ static json_t *registrations(struct rdd *d, struct rdd_client *self, json_t *req
 		char tok[24];
 		/* Tokens are 64-bit: as a string, so JSON readers with doubles keep them. */
 		snprintf(tok, sizeof(tok), "%llu", (unsigned long long)r->token);
-		json_t *o = json_pack("{s:s, s:s, s:o, s:s, s:o, s:I}", "token", tok, "fd_type",
+		json_t *o = json_pack("{s:s, s:s, s:o, s:s, s:o, s:I, s:s?}", "token", tok, "fd_type",
 				      fd_type(r->fd), "interest", bits(r->interest, interest, 3),
 				      "mode", (r->flags & RDP_FLAG_ONESHOT) ? "oneshot" : "edge",
-				      "pending", bits(r->pending, ready, 6), "tick", (json_int_t)r->tick);
+				      "pending", bits(r->pending, ready, 6), "tick", (json_int_t)r->tick,
+				      "group", rdd_group_name(d, slot));
 		if (!o || json_array_append_new(arr, o) < 0) {
 			json_decref(arr);
 			return NULL;

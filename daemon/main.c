@@ -191,6 +191,7 @@ finish:
 	free(d.policy);
 	free(d.dirty.v);
 	free(d.spare.v);
+	rdd_groups_fini(&d);
 	rdd_slab_fini(&d.slab);
 	rdd_config_fini(&cfg);
 	return rc;

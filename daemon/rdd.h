@@ -19,6 +19,7 @@ enum rdd_tag {
 	RDD_TAG_LISTEN = 2,
 	RDD_TAG_SIGNAL = 3,
 	RDD_TAG_TIMER = 4,
+	RDD_TAG_GROUP = 5,
 };
 
 #define RDD_LISTEN_MAX 16 /* listening sockets, bound or passed by systemd */
@@ -123,6 +124,11 @@ struct rdd {
 	uint64_t events_delivered;
 	uint64_t accepted;
 	uint64_t next_client_id;
+	struct rdd_group **groups;   /* group.c; indexed by group slot */
+	uint32_t *group_gen;
+	uint32_t ngroups_cap;
+	uint32_t *gmap_keys, *gmap_vals; /* member registration slot -> group slot */
+	uint32_t gmap_cap, gmap_n;
 };
 
 /* client.c */
@@ -132,7 +138,8 @@ struct ucred;
 /* Make fd a client (slot, epoll, uid count); fd stays the caller's on failure. */
 int rdd_client_attach(struct rdd *d, int fd, const struct ucred *cred, struct rdd_client **out);
 /* Re-create a registration kept across an upgrade; takes fd, closing it on failure. */
-int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *saved, int fd);
+int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *saved, int fd,
+		    const char *group);
 /* Queue bytes (whole framed messages) kept across an upgrade for c. */
 int rdd_client_restore_out(struct rdd_client *c, const void *bytes, size_t len);
 /* The epoll events a registration is watched with (none while a oneshot is disarmed). */
@@ -143,6 +150,16 @@ void rdd_client_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t event
 void rdd_reg_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);
 /* Queue a framed message for c, sending it at once when nothing is queued before it. */
 int rdd_client_send(struct rdd *d, struct rdd_client *c, const void *msg, size_t len);
+
+/* group.c: dispatch groups (see there). join returns 0 or a positive errno. */
+uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const char *name);
+void rdd_group_leave(struct rdd *d, uint32_t reg);
+void rdd_group_rearm(struct rdd *d, uint32_t reg);
+void rdd_group_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);
+const char *rdd_group_name(struct rdd *d, uint32_t reg);
+void rdd_groups_fini(struct rdd *d);
+/* Give a registration readiness from these epoll events (client.c). */
+void rdd_reg_deliver(struct rdd *d, uint32_t slot, uint32_t events);
 
 /* control.c: answer a CONTROL request body; returns a malloc'd JSON string. */
 char *rdd_control(struct rdd *d, struct rdd_client *c, uint32_t id, const char *req, size_t len);

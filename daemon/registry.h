@@ -16,6 +16,7 @@ enum {
 	RDD_REG_QUEUED = 0x1, /* in its client's ready queue */
 	RDD_REG_LIVE = 0x2,   /* slot in use */
 	RDD_REG_DISARMED = 0x4, /* oneshot, reported, not re-armed yet */
+	RDD_REG_GROUPED = 0x8,  /* a dispatch group member: the group's watch stands for it */
 };
 
 /* 40 bytes: the whole per-registration cost in the daemon, beside the token map's slot. */

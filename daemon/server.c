@@ -349,6 +349,9 @@ static void dispatch(struct rdd *d, const struct epoll_event *evs, int n)
 		case RDD_TAG_TIMER:
 			rdd_notify_tick(d);
 			break;
+		case RDD_TAG_GROUP:
+			rdd_group_event(d, slot, gen, evs[i].events);
+			break;
 		}
 	}
 }

@@ -139,6 +139,7 @@ static const struct shape request_shapes[] = {
 	{ .type = RDP_MSG_REARM, .entry = RDP_TOK_ENTRY_SIZE, .max_count = RDP_BATCH_MAX },
 	{ .type = RDP_MSG_CONTROL, .free_form = true, .min_body = 1 },
 	{ .type = RDP_MSG_RESYNC_ACK, .fixed = 0 },
+	{ .type = RDP_MSG_JOIN, .entry = RDP_JOIN_ENTRY_SIZE, .max_count = RDP_BATCH_MAX },
 };
 
 static const struct shape daemon_shapes[] = {
@@ -228,6 +229,19 @@ void rdp_add_entry_get(const void *msg, uint32_t i, struct rdp_add_entry *e)
 uint64_t rdp_token_get(const void *msg, uint32_t i)
 {
 	return rdp_le64((const uint8_t *)msg + RDP_HDR_SIZE + (size_t)i * RDP_TOK_ENTRY_SIZE);
+}
+
+bool rdp_join_entry_get(const void *msg, uint32_t i, uint64_t *token, char *name)
+{
+	const uint8_t *p = (const uint8_t *)msg + RDP_HDR_SIZE + (size_t)i * RDP_JOIN_ENTRY_SIZE;
+	*token = rdp_le64(p);
+	memcpy(name, p + 8, RDP_GROUP_NAME_SIZE);
+	name[RDP_GROUP_NAME_SIZE] = '\0';
+	size_t len = strlen(name);
+	for (size_t k = len; k < RDP_GROUP_NAME_SIZE; k++)
+		if (name[k])
+			return false;
+	return len > 0;
 }
 
 uint32_t rdp_status_get(const void *msg, uint32_t i)
@@ -320,6 +334,26 @@ size_t rdp_encode_tokens(void *out, size_t cap, uint16_t type, uint32_t id, cons
 	if (begin(&b, type, id, n, (size_t)n * RDP_TOK_ENTRY_SIZE))
 		for (uint32_t i = 0; i < n; i++)
 			rdp_put_u64(&b, tok[i]);
+	return done(&b);
+}
+
+size_t rdp_encode_join(void *out, size_t cap, uint32_t id, const uint64_t *tok,
+		       const char *const *names, uint32_t n)
+{
+	struct rdp_buf b = rdp_buf_init(out, cap);
+	if (n == 0 || n > RDP_BATCH_MAX)
+		return 0;
+	if (begin(&b, RDP_MSG_JOIN, id, n, (size_t)n * RDP_JOIN_ENTRY_SIZE)) {
+		for (uint32_t i = 0; i < n; i++) {
+			uint8_t name[RDP_GROUP_NAME_SIZE] = { 0 };
+			size_t l = strnlen(names[i], RDP_GROUP_NAME_SIZE + 1);
+			if (l > RDP_GROUP_NAME_SIZE)
+				return 0;
+			memcpy(name, names[i], l);
+			rdp_put_u64(&b, tok[i]);
+			rdp_put_bytes(&b, name, sizeof(name));
+		}
+	}
 	return done(&b);
 }
 

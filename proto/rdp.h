@@ -17,6 +17,8 @@
 #define RDP_ADD_ENTRY_SIZE 16u     /* u64 token, u32 interest, u32 flags */
 #define RDP_MOD_ENTRY_SIZE 16u     /* same layout as ADD */
 #define RDP_TOK_ENTRY_SIZE 8u      /* DEL and REARM: u64 token */
+#define RDP_GROUP_NAME_SIZE 32u    /* JOIN: a group name, NUL-padded */
+#define RDP_JOIN_ENTRY_SIZE 40u    /* JOIN: u64 token, then the name */
 #define RDP_STATUS_SIZE    4u      /* REPLY: u32 errno, 0 = success */
 #define RDP_EVENT_SIZE     16u     /* EVENTS: u64 token, u32 tick, u32 ready */
 #define RDP_HELLO_SIZE     8u      /* HELLO body: u32 version, u32 features */
@@ -37,6 +39,7 @@ enum rdp_type {
 	RDP_MSG_REARM   = 0x0005,
 	RDP_MSG_CONTROL = 0x0006, /* JSON request body */
 	RDP_MSG_RESYNC_ACK = 0x0007, /* the client has seen RESYNC; requests count again */
+	RDP_MSG_JOIN    = 0x0008, /* put oneshot registrations in a named dispatch group */
 
 	RDP_MSG_WELCOME       = 0x8001, /* answer to HELLO */
 	RDP_MSG_REPLY         = 0x8002, /* answer to ADD/MOD/DEL/REARM: a status per entry */
@@ -187,6 +190,9 @@ uint32_t rdp_check_entries(const struct rdp_hdr *h, const void *msg);
 /* Entry accessors for a checked message; i < h->count. */
 void rdp_add_entry_get(const void *msg, uint32_t i, struct rdp_add_entry *e);
 uint64_t rdp_token_get(const void *msg, uint32_t i);
+/* JOIN entry i: its token, and its name as a NUL-terminated string in name[33].
+ * Returns false when the name is empty or has bytes after its first NUL. */
+bool rdp_join_entry_get(const void *msg, uint32_t i, uint64_t *token, char *name);
 uint32_t rdp_status_get(const void *msg, uint32_t i);
 void rdp_event_get(const void *msg, uint32_t i, struct rdp_event *ev);
 
@@ -196,6 +202,8 @@ size_t rdp_encode_hello(void *out, size_t cap, uint32_t id, uint32_t version, ui
 size_t rdp_encode_welcome(void *out, size_t cap, uint32_t id, const struct rdp_welcome *w);
 size_t rdp_encode_add(void *out, size_t cap, uint32_t id, const struct rdp_add_entry *e, uint32_t n);
 size_t rdp_encode_mod(void *out, size_t cap, uint32_t id, const struct rdp_add_entry *e, uint32_t n);
+size_t rdp_encode_join(void *out, size_t cap, uint32_t id, const uint64_t *tok,
+		       const char *const *names, uint32_t n);
 size_t rdp_encode_tokens(void *out, size_t cap, uint16_t type, uint32_t id, const uint64_t *tok,
 			 uint32_t n);
 size_t rdp_encode_error(void *out, size_t cap, uint32_t id, uint32_t err, uint32_t reason,

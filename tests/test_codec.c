@@ -626,7 +626,7 @@ static void test_reserved_header_flags(void **state)
 static void test_unknown_and_wrong_side_types(void **state)
 {
 	(void)state;
-	static const uint16_t unknown[] = { 0, 8, 9, 0x00ff, 0x7fff, 0x8000, 0x8007, 0xfffe, 0xffff };
+	static const uint16_t unknown[] = { 0, 9, 10, 0x00ff, 0x7fff, 0x8000, 0x8007, 0xfffe, 0xffff };
 	for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
 		size_t n = mkframe(unknown[i], 0, RDP_HELLO_SIZE);
 		assert_int_equal(chk_req(frame, n, 0), RDP_E_TYPE);

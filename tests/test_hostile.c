@@ -428,7 +428,7 @@ static void test_short_message(void **state)
 static void test_unknown_type(void **state)
 {
 	struct fixture *fx = *state;
-	static const uint16_t types[] = { 0x0000, 0x0008, 0x7fff, 0xffff,
+	static const uint16_t types[] = { 0x0000, 0x0009, 0x7fff, 0xffff,
 					  /* daemon-only types sent by a client */
 					  RDP_MSG_WELCOME, RDP_MSG_REPLY, RDP_MSG_EVENTS,
 					  RDP_MSG_ERROR, RDP_MSG_CONTROL_REPLY };
