@@ -11,7 +11,9 @@ SHELL   := /bin/bash
 PKGS    := libsystemd jansson
 TESTPKGS := cmocka
 BUILD_DEBS := build-essential pkg-config libsystemd-dev libjansson-dev libcmocka-dev
-TEST_DEBS  := $(BUILD_DEBS) clang man-db groff-base systemd
+# Only the examples of examples-extra, and their test, need these; never `make` or `make run`.
+EXAMPLE_DEBS := libseccomp-dev libuv1-dev libevent-dev
+TEST_DEBS  := $(BUILD_DEBS) clang man-db groff-base systemd $(EXAMPLE_DEBS)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers
 BASE     := -std=gnu11 -D_GNU_SOURCE -Iclient $(WARN)
@@ -66,10 +68,12 @@ TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
         install uninstall check-install
 all: $(BINS) $(LIBS) $(EXAMPLES)
 
-# Install what the build (deps) or the tests (deps-test) need, from Debian, when missing.
+# Install what the build (deps), the tests (deps-test) or examples-extra (deps-examples)
+# need, from Debian, when missing.
 deps: DEBS = $(BUILD_DEBS)
 deps-test: DEBS = $(TEST_DEBS)
-deps deps-test:
+deps-examples: DEBS = $(BUILD_DEBS) $(EXAMPLE_DEBS)
+deps deps-test deps-examples:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
@@ -231,6 +235,20 @@ $(B)/bin/readyctl: $(CTL_OBJ) $(B)/lib/libreadyd.a
 $(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^
+
+# Examples that need a library besides libreadyd, each named by its pkg-config module. Not
+# in `all`: make examples-extra installs their packages when missing (as make run does)
+# and builds them.
+EXTRA_EXAMPLES := $(B)/bin/sandboxed-worker
+$(B)/bin/sandboxed-worker $(B)/obj/examples/sandboxed-worker.o: EXAMPLE_PKG := libseccomp
+$(EXTRA_EXAMPLES:$(B)/bin/%=$(B)/obj/examples/%.o): PKG_CFLAGS = $(shell pkg-config --cflags $(EXAMPLE_PKG))
+$(EXTRA_EXAMPLES): $(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs $(EXAMPLE_PKG))
+
+.PHONY: deps-examples examples-extra
+examples-extra: deps-examples
+	@$(MAKE) --no-print-directory $(EXTRA_EXAMPLES)
 
 # The load driver of tests/systemd-user.sh.
 $(B)/tests/load-client: $(B)/obj/tests/load_client.o $(B)/lib/libreadyd.a
