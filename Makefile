@@ -239,8 +239,10 @@ $(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
 # Examples that need a library besides libreadyd, each named by its pkg-config module. Not
 # in `all`: make examples-extra installs their packages when missing (as make run does)
 # and builds them.
-EXTRA_EXAMPLES := $(B)/bin/sandboxed-worker
+EXTRA_EXAMPLES := $(B)/bin/sandboxed-worker $(B)/bin/libuv-client $(B)/bin/libevent-client
 $(B)/bin/sandboxed-worker $(B)/obj/examples/sandboxed-worker.o: EXAMPLE_PKG := libseccomp
+$(B)/bin/libuv-client $(B)/obj/examples/libuv-client.o: EXAMPLE_PKG := libuv
+$(B)/bin/libevent-client $(B)/obj/examples/libevent-client.o: EXAMPLE_PKG := libevent
 $(EXTRA_EXAMPLES:$(B)/bin/%=$(B)/obj/examples/%.o): PKG_CFLAGS = $(shell pkg-config --cflags $(EXAMPLE_PKG))
 $(EXTRA_EXAMPLES): $(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
 	@mkdir -p $(dir $@)

@@ -1,0 +1,239 @@
+/* libevent-client: readyd inside a libevent loop. The connection's fd is a persistent
+ * read event; when it fires, the callback drains events with rd_wait(..., 0). They drive
+ * four socket pairs, every end registered with readyd: each pair plays three rounds of
+ * ping and echo, and the program exits 0 once every pair has played them all.
+ *
+ *   libevent-client [--socket PATH]
+ *
+ * The loop never watches the socket pairs itself: all their readiness comes from
+ * readyd. */
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "readyd.h"
+
+/* ---- the game, the same in libuv-client.c: only the event loop differs ---- */
+
+#define NPAIRS 4
+#define ROUNDS 3
+#define TIMEOUT_MS 10000
+
+/* One socket pair: the client end (token 2i) sends "ping i round r", the server end
+ * (token 2i + 1) echoes it back, the client end checks it and sends the next round. */
+struct pair {
+	int fd[2];
+	int rounds; /* echoes received and checked */
+};
+
+struct game {
+	rd_client *rd;
+	struct pair p[NPAIRS];
+	int finished; /* pairs that played every round */
+	int err;      /* first error, -errno */
+};
+
+static int ping(struct game *g, int i)
+{
+	char msg[64];
+	int len = snprintf(msg, sizeof(msg), "ping %d round %d", i, g->p[i].rounds);
+	if (send(g->p[i].fd[0], msg, (size_t)len, MSG_NOSIGNAL) != len)
+		return -errno;
+	return 0;
+}
+
+/* SEQPACKET ends: a read is one whole message. Edge mode: read until EAGAIN. */
+static int on_ready(struct game *g, const struct rd_event *ev)
+{
+	int i = (int)(ev->token / 2), side = (int)(ev->token % 2);
+	char buf[64], want[64];
+
+	if (i >= NPAIRS)
+		return -EPROTO;
+	if (ev->ready & (RD_ERROR | RD_READ_CLOSED))
+		return -ECONNRESET;
+	for (;;) {
+		ssize_t n = recv(g->p[i].fd[side], buf, sizeof(buf), 0);
+		if (n < 0)
+			return errno == EAGAIN ? 0 : -errno;
+		if (n == 0)
+			return -ECONNRESET;
+		if (side == 1) {
+			if (send(g->p[i].fd[1], buf, (size_t)n, MSG_NOSIGNAL) != n)
+				return -errno;
+			continue;
+		}
+		int wl = snprintf(want, sizeof(want), "ping %d round %d", i, g->p[i].rounds);
+		if (n != wl || memcmp(buf, want, (size_t)n) != 0)
+			return -EPROTO;
+		if (++g->p[i].rounds == ROUNDS)
+			g->finished++;
+		else {
+			int r = ping(g, i);
+			if (r < 0)
+				return r;
+		}
+	}
+}
+
+/* What to do whenever rd_fd() is readable: take every event waiting, including those
+ * the library kept during earlier calls. */
+static void drain(struct game *g)
+{
+	struct rd_event ev[64];
+	int n;
+
+	while (!g->err && (n = rd_wait(g->rd, ev, 64, 0)) != 0) {
+		if (n < 0) {
+			g->err = n;
+			break;
+		}
+		for (int k = 0; k < n && !g->err; k++)
+			g->err = on_ready(g, &ev[k]);
+	}
+}
+
+/* The pairs, every end registered with readyd. */
+static int game_setup(struct game *g)
+{
+	for (int i = 0; i < NPAIRS; i++)
+		g->p[i].fd[0] = g->p[i].fd[1] = -1;
+	for (int i = 0; i < NPAIRS; i++) {
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, g->p[i].fd) < 0)
+			return -errno;
+		for (int side = 0; side < 2; side++) {
+			int r = rd_add(g->rd, g->p[i].fd[side], (uint64_t)(2 * i + side), RD_READABLE, RD_EDGE);
+			if (r < 0)
+				return r;
+		}
+	}
+	return 0;
+}
+
+/* The first round of every pair; the rest is played from the event loop. */
+static int game_start(struct game *g)
+{
+	for (int i = 0; i < NPAIRS; i++) {
+		int r = ping(g, i);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static void game_end(struct game *g)
+{
+	for (int i = 0; i < NPAIRS; i++)
+		for (int side = 0; side < 2; side++)
+			if (g->p[i].fd[side] >= 0) {
+				rd_delete(g->rd, (uint64_t)(2 * i + side));
+				close(g->p[i].fd[side]);
+			}
+}
+
+/* ---- libevent ---- */
+
+struct ctx {
+	struct game game;
+	struct event_base *base;
+	unsigned wakeups; /* callbacks of the rd_fd() event */
+	bool timed_out;
+};
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+	struct ctx *x = arg;
+
+	(void)fd;
+	x->wakeups++;
+	if (what & EV_READ)
+		drain(&x->game);
+	if (x->game.err || x->game.finished == NPAIRS)
+		event_base_loopbreak(x->base);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct ctx *x = arg;
+
+	(void)fd;
+	(void)what;
+	x->timed_out = true;
+	event_base_loopbreak(x->base);
+}
+
+/* Play the game in a libevent loop whose only I/O event is rd_fd(). */
+static int run_loop(struct ctx *x)
+{
+	struct timeval tv = { .tv_sec = TIMEOUT_MS / 1000, .tv_usec = TIMEOUT_MS % 1000 * 1000 };
+	struct event *rd_ev = NULL, *timer = NULL;
+	int r = -ENOMEM;
+
+	x->base = event_base_new();
+	if (!x->base)
+		return -ENOMEM;
+	rd_ev = event_new(x->base, rd_fd(x->game.rd), EV_READ | EV_PERSIST, on_readable, x);
+	timer = evtimer_new(x->base, on_timeout, x);
+	if (!rd_ev || !timer || event_add(rd_ev, NULL) < 0 || evtimer_add(timer, &tv) < 0)
+		goto finish;
+	/* Events that arrived during earlier calls (the rd_add calls) are held by the
+	 * library and do not make rd_fd() readable: take them before the first wait. */
+	drain(&x->game);
+	r = x->game.err ? x->game.err : game_start(&x->game);
+	if (r == 0 && event_base_dispatch(x->base) < 0)
+		r = -EIO;
+	if (r == 0)
+		r = x->game.err;
+finish:
+	if (timer)
+		event_free(timer);
+	if (rd_ev)
+		event_free(rd_ev);
+	event_base_free(x->base);
+	return r;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ 0 },
+	};
+	const char *path = NULL;
+	struct ctx x = { 0 };
+	int o, r;
+
+	while ((o = getopt_long(argc, argv, "s:", opts, NULL)) != -1) {
+		if (o != 's') {
+			fprintf(stderr, "usage: libevent-client [--socket PATH]\n");
+			return 2;
+		}
+		path = optarg;
+	}
+	r = rd_open(&x.game.rd, path);
+	if (r < 0) {
+		fprintf(stderr, "libevent-client: cannot reach readyd: %s\n", strerror(-r));
+		return 1;
+	}
+	r = game_setup(&x.game);
+	if (r == 0)
+		r = run_loop(&x);
+	if (r < 0)
+		fprintf(stderr, "libevent-client: %s\n", strerror(-r));
+	else if (x.game.finished < NPAIRS) {
+		fprintf(stderr, "libevent-client: %s with %d of %d pairs done\n",
+			x.timed_out ? "timed out" : "the loop ended", x.game.finished, NPAIRS);
+		r = -ETIMEDOUT;
+	} else
+		printf("libevent-client: %d socket pairs served through readyd, %d rounds each, "
+		       "in %u wakeup%s of the event\n", NPAIRS, ROUNDS, x.wakeups,
+		       x.wakeups == 1 ? "" : "s");
+	game_end(&x.game);
+	rd_close(x.game.rd);
+	return r < 0 ? 1 : 0;
+}
