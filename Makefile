@@ -92,7 +92,7 @@ run: deps
 
 check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-systemd check-bench check-install
+	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-systemd check-bench check-install check-examples
 
 tests: $(TEST_BINS)
 
@@ -251,6 +251,13 @@ $(EXTRA_EXAMPLES): $(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
 .PHONY: deps-examples examples-extra
 examples-extra: deps-examples
 	@$(MAKE) --no-print-directory $(EXTRA_EXAMPLES)
+
+# The sandboxed worker (filter in force, still serving, also under --strict) and both
+# event-loop clients against a real readyd, which ends at its idle fd count.
+.PHONY: check-examples
+check-examples: deps-examples
+	@$(MAKE) --no-print-directory $(BINS) $(EXTRA_EXAMPLES)
+	tests/examples.sh $(B)
 
 # The load driver of tests/systemd-user.sh.
 $(B)/tests/load-client: $(B)/obj/tests/load_client.o $(B)/lib/libreadyd.a
