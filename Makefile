@@ -61,7 +61,8 @@ EXAMPLES := $(B)/bin/echo-server
 
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
 INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-systemd $(B)/tests/test-upgrade \
-              $(B)/tests/test-readyctl $(B)/tests/test-recovery $(B)/tests/test-group
+              $(B)/tests/test-readyctl $(B)/tests/test-recovery $(B)/tests/test-group \
+              $(B)/tests/test-limits
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
 .PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean \

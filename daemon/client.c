@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -203,6 +204,69 @@ out_free:
 	return r;
 }
 
+/* One timer for every connection still owing its HELLO, one-shot, set to the earliest
+ * deadline: a disarmed timerfd costs an idle daemon nothing. */
+int rdd_handshake_init(struct rdd *d)
+{
+	int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = rdd_data(RDD_TAG_HANDSHAKE, 0, 0) };
+	if (fd < 0)
+		return -errno;
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	d->hs_timer_fd = fd;
+	d->nfds++;
+	return 0;
+}
+
+static void handshake_arm(struct rdd *d, uint64_t deadline_usec)
+{
+	struct itimerspec its = {
+		.it_value = { .tv_sec = (time_t)(deadline_usec / 1000000u),
+			      .tv_nsec = (long)(deadline_usec % 1000000u) * 1000 },
+	};
+	if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+		its.it_value.tv_nsec = 1;
+	if (d->hs_timer_fd >= 0 && timerfd_settime(d->hs_timer_fd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
+		d->hs_armed = true;
+}
+
+void rdd_handshake_start(struct rdd *d, struct rdd_client *c)
+{
+	c->accepted_mono = rdd_now_usec(CLOCK_MONOTONIC);
+	if (!d->hs_armed)
+		handshake_arm(d, c->accepted_mono + (uint64_t)d->lim.handshake_ms * 1000u);
+}
+
+void rdd_handshake_expire(struct rdd *d)
+{
+	uint64_t n, now = rdd_now_usec(CLOCK_MONOTONIC), next = 0;
+	while (read(d->hs_timer_fd, &n, sizeof(n)) > 0)
+		;
+	d->hs_armed = false;
+	uint64_t limit = (uint64_t)d->lim.handshake_ms * 1000u;
+	for (uint32_t i = 0; i < d->nclients_cap; i++) {
+		struct rdd_client *c = d->clients[i];
+		if (!c || c->hello_done)
+			continue;
+		uint64_t deadline = c->accepted_mono + limit;
+		if (deadline <= now) {
+			size_t len = rdp_encode_error(rdd_txbuf, RDP_MSG_MAX, 0, ETIMEDOUT, RDP_E_TIMEOUT,
+						      rdp_reason_str(RDP_E_TIMEOUT));
+			(void)rdd_client_send(d, c, rdd_txbuf, len);
+			log_notice("client pid %d uid %u: no HELLO within %u ms; disconnecting",
+				   (int)c->pid, (unsigned)c->uid, d->lim.handshake_ms);
+			rdd_client_close(d, c, "handshake timeout");
+		} else if (!next || deadline < next)
+			next = deadline;
+	}
+	if (next)
+		handshake_arm(d, next);
+}
+
 int rdd_client_new(struct rdd *d, int fd)
 {
 	struct ucred cred;
@@ -239,6 +303,7 @@ int rdd_client_new(struct rdd *d, int fd)
 	r = rdd_client_attach(d, fd, &cred, &c);
 	if (r < 0)
 		goto out_close_fd;
+	rdd_handshake_start(d, c);
 	c->connected_usec = rdd_now_usec(CLOCK_REALTIME);
 	c->id = ++d->next_client_id;
 	read_comm(c);
@@ -266,6 +331,9 @@ static void reg_destroy(struct rdd *d, struct rdd_client *c, uint32_t slot)
 	rdd_slab_free(&d->slab, slot);
 	c->nregs--;
 	d->nfds--;
+	struct rdd_uid_count *u = uid_slot(d, c->uid, false);
+	if (u && u->regs)
+		u->regs--;
 }
 
 void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why)
@@ -294,6 +362,8 @@ void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why)
 	close(c->fd);
 	d->nfds--;
 	struct rdd_uid_count *u = uid_slot(d, c->uid, false);
+	if (u)
+		u->regs = u->regs > c->nregs ? u->regs - c->nregs : 0;
 	if (u && --u->n == 0)
 		*u = d->uids[--d->nuids]; /* forget uids with no connection */
 	d->clients[c->slot] = NULL;
@@ -408,7 +478,8 @@ static void protocol_error(struct rdd *d, struct rdd_client *c, uint32_t id, uin
 	rdd_client_close(d, c, rdp_reason_str(reason));
 }
 
-static uint32_t add_one(struct rdd *d, struct rdd_client *c, const struct rdp_add_entry *e, int fd)
+static uint32_t add_one(struct rdd *d, struct rdd_client *c, struct rdd_uid_count *u,
+			const struct rdp_add_entry *e, int fd)
 {
 	uint32_t err, slot;
 
@@ -422,6 +493,12 @@ static uint32_t add_one(struct rdd *d, struct rdd_client *c, const struct rdp_ad
 	}
 	if (c->nregs >= d->lim.regs_per_client) {
 		err = ENOSPC;
+		goto out_close_fd;
+	}
+	/* Per uid too, so one user at its cap leaves room for the others; the policy's
+	 * admins (root and the daemon's own uid by default) are trusted with all of it. */
+	if (u && u->regs >= d->lim.regs_per_uid && !rdd_is_admin(d, c->uid)) {
+		err = EDQUOT;
 		goto out_close_fd;
 	}
 	if (d->nfds >= d->lim.max_fds) {
@@ -454,6 +531,8 @@ static uint32_t add_one(struct rdd *d, struct rdd_client *c, const struct rdp_ad
 	}
 	c->nregs++;
 	d->nfds++;
+	if (u)
+		u->regs++;
 	return 0;
 
 out_free_slot:
@@ -539,6 +618,7 @@ static int handle_batch(struct rdd *d, struct rdd_client *c, const struct rdp_hd
 	/* The reply is built in its own buffer: rdd_txbuf may be used by a send below. */
 	uint8_t reply[RDP_HDR_SIZE + RDP_BATCH_MAX * RDP_STATUS_SIZE];
 
+	struct rdd_uid_count *u = h->type == RDP_MSG_ADD ? uid_slot(d, c->uid, false) : NULL;
 	rdp_batch_begin(reply, RDP_MSG_REPLY, h->id);
 	for (uint32_t i = 0; i < h->count; i++) {
 		struct rdp_add_entry e;
@@ -546,7 +626,7 @@ static int handle_batch(struct rdd *d, struct rdd_client *c, const struct rdp_hd
 		switch (h->type) {
 		case RDP_MSG_ADD:
 			rdp_add_entry_get(msg, i, &e);
-			st = add_one(d, c, &e, rx->fds[i]);
+			st = add_one(d, c, u, &e, rx->fds[i]);
 			rx->fds[i] = -1;
 			break;
 		case RDP_MSG_MOD:
@@ -800,6 +880,9 @@ int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *s
 	}
 	c->nregs++;
 	d->nfds++;
+	struct rdd_uid_count *u = uid_slot(d, c->uid, false);
+	if (u)
+		u->regs++;
 	if (g->pending && rdd_queue_push(&c->ready, &d->slab, slot))
 		rdd_client_mark(d, c);
 	if (group) {

@@ -22,6 +22,8 @@ struct limit_key {
 static const struct limit_key limit_keys[] = {
 	{ "registrations_per_client", offsetof(struct rdd_config, regs_per_client), 1, 16777216 },
 	{ "clients_per_uid", offsetof(struct rdd_config, clients_per_uid), 1, 1048576 },
+	{ "registrations_per_uid", offsetof(struct rdd_config, regs_per_uid), 1, 1073741816 },
+	{ "handshake_timeout_ms", offsetof(struct rdd_config, handshake_ms), 10, 600000 },
 	{ "max_fds", offsetof(struct rdd_config, max_fds), 16, 1073741816 },
 	{ "output_bytes_per_client", offsetof(struct rdd_config, out_max), RDP_MSG_MAX,
 	  1073741824 },

@@ -13,6 +13,8 @@ struct rdd_config {
 	char *socket;     /* NULL: not set */
 	int log_level;    /* -1: not set */
 	uint32_t regs_per_client; /* 0: not set, for each limit */
+	uint32_t regs_per_uid;
+	uint32_t handshake_ms;
 	uint32_t clients_per_uid;
 	uint32_t max_fds;
 	uint32_t out_max;

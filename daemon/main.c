@@ -111,6 +111,7 @@ int main(int argc, char **argv)
 		.epfd = -1,
 		.sigfd = -1,
 		.timer_fd = -1,
+		.hs_timer_fd = -1,
 		.reserve_fd = -1,
 		.lim = { .req_budget = 64, .event_budget = 4 },
 		.nfds = 3, /* stdin, stdout, stderr */
@@ -137,8 +138,14 @@ int main(int argc, char **argv)
 	}
 	d.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	d.nfds += 2;
+	int r;
+	r = rdd_handshake_init(&d);
+	if (r < 0) {
+		log_err("handshake timer: %s", strerror(-r));
+		goto finish;
+	}
 	/* Signals before the socket: a SIGTERM during startup is a clean stop. */
-	int r = rdd_signals_init(&d);
+	r = rdd_signals_init(&d);
 	if (r < 0) {
 		log_err("signals: %s", strerror(-r));
 		goto finish;
@@ -180,6 +187,8 @@ finish:
 		close(d.sigfd);
 	if (d.timer_fd >= 0)
 		close(d.timer_fd);
+	if (d.hs_timer_fd >= 0)
+		close(d.hs_timer_fd);
 	if (d.reserve_fd >= 0)
 		close(d.reserve_fd);
 	if (d.epfd >= 0)

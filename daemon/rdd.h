@@ -20,6 +20,7 @@ enum rdd_tag {
 	RDD_TAG_SIGNAL = 3,
 	RDD_TAG_TIMER = 4,
 	RDD_TAG_GROUP = 5,
+	RDD_TAG_HANDSHAKE = 6,
 };
 
 #define RDD_LISTEN_MAX 16 /* listening sockets, bound or passed by systemd */
@@ -32,6 +33,8 @@ static inline uint64_t rdd_data(enum rdd_tag tag, uint32_t gen, uint32_t slot)
 /* Limits, with their documented defaults (readyd(8)). */
 struct rdd_limits {
 	uint32_t regs_per_client;   /* default 65536 */
+	uint32_t regs_per_uid;      /* default: half the fd limit, so one uid leaves room */
+	uint32_t handshake_ms;      /* HELLO must come this soon after connect: 10 s */
 	uint32_t clients_per_uid;   /* default 1024 */
 	uint32_t max_fds;           /* default: RLIMIT_NOFILE after raising it, less 320 */
 	uint32_t out_max;           /* queued output per client before reads stop: 256 KiB */
@@ -45,6 +48,7 @@ struct rdd_limits {
  * limit, whose extra fds are then closed, plus the loop's own. */
 #define RDD_FD_RESERVE 320u
 #define RDD_OUT_MAX (256u * 1024u)
+#define RDD_DEFAULT_HANDSHAKE_MS 10000u
 
 struct rdd_client {
 	int fd;
@@ -71,6 +75,7 @@ struct rdd_client {
 	size_t out_off, out_len, out_cap;
 	uint64_t events_delivered;
 	uint64_t connected_usec; /* CLOCK_REALTIME */
+	uint64_t accepted_mono;  /* CLOCK_MONOTONIC, for the handshake timeout */
 };
 
 /* Clients to service after this epoll batch, named by rdd_data(CLIENT, gen, slot) so a
@@ -83,7 +88,8 @@ struct rdd_worklist {
 
 struct rdd_uid_count {
 	uid_t uid;
-	uint32_t n;
+	uint32_t n;    /* connections */
+	uint32_t regs; /* registrations, all its connections together */
 };
 
 struct rdd {
@@ -92,6 +98,8 @@ struct rdd {
 	int listen_fds[RDD_LISTEN_MAX];
 	unsigned nlisten;
 	int timer_fd;         /* sd_notify STATUS= and WATCHDOG=1, only under systemd */
+	int hs_timer_fd;      /* handshake deadlines; made at the first connection */
+	bool hs_armed;
 	uint64_t watchdog_usec;
 	uint64_t last_status_usec;
 	uint64_t last_status_events;
@@ -148,6 +156,12 @@ void rdd_client_service(struct rdd *d, struct rdd_client *c);
 void rdd_client_mark(struct rdd *d, struct rdd_client *c);
 void rdd_client_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);
 void rdd_reg_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);
+/* The handshake timer, made at start, disarmed. */
+int rdd_handshake_init(struct rdd *d);
+/* Start c's handshake deadline (at accept, or after an upgrade for one owing HELLO). */
+void rdd_handshake_start(struct rdd *d, struct rdd_client *c);
+/* The handshake timer fired: close connections that never said HELLO in time. */
+void rdd_handshake_expire(struct rdd *d);
 /* Queue a framed message for c, sending it at once when nothing is queued before it. */
 int rdd_client_send(struct rdd *d, struct rdd_client *c, const void *msg, size_t len);
 

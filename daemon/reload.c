@@ -20,12 +20,14 @@ void rdd_config_apply(struct rdd *d, const struct rdd_config *cfg)
 	l->regs_per_client = cfg->regs_per_client ? cfg->regs_per_client : RDD_DEFAULT_REGS_PER_CLIENT;
 	l->clients_per_uid = cfg->clients_per_uid ? cfg->clients_per_uid : RDD_DEFAULT_CLIENTS_PER_UID;
 	l->out_max = cfg->out_max ? cfg->out_max : RDD_OUT_MAX;
+	l->handshake_ms = cfg->handshake_ms ? cfg->handshake_ms : RDD_DEFAULT_HANDSHAKE_MS;
 	l->max_fds = fd_cap;
 	if (cfg->max_fds > fd_cap)
 		log_warning("limits.max_fds %u is above RLIMIT_NOFILE less %u; using %u", cfg->max_fds,
 			    RDD_FD_RESERVE, fd_cap);
 	else if (cfg->max_fds)
 		l->max_fds = cfg->max_fds;
+	l->regs_per_uid = cfg->regs_per_uid ? cfg->regs_per_uid : l->max_fds / 2;
 
 	free(d->policy);
 	d->policy = NULL;

@@ -352,6 +352,9 @@ static void dispatch(struct rdd *d, const struct epoll_event *evs, int n)
 		case RDD_TAG_GROUP:
 			rdd_group_event(d, slot, gen, evs[i].events);
 			break;
+		case RDD_TAG_HANDSHAKE:
+			rdd_handshake_expire(d);
+			break;
 		}
 	}
 }

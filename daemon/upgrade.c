@@ -295,6 +295,9 @@ static int restore_client(struct rdd *d, json_t *o, json_int_t reply_client, jso
 	c->stored = json_is_true(json_object_get(o, "stored"));
 	c->resyncing = json_is_true(json_object_get(o, "resyncing"));
 	c->features = (uint32_t)get_int(o, "features");
+	/* A connection that still owes its HELLO gets a fresh handshake deadline. */
+	if (!c->hello_done)
+		rdd_handshake_start(d, c);
 	snprintf(c->comm, sizeof(c->comm), "%s", json_string_value(json_object_get(o, "comm")) ?: "?");
 
 	json_array_foreach(regs, i, a) {

@@ -21,6 +21,7 @@ static const char *const reason_str[RDP_E_REASON_MAX] = {
 	[RDP_E_BODY] = "message body has the wrong size for its type",
 	[RDP_E_RESOURCE] = "connection refused by a limit or the policy",
 	[RDP_E_DISCONNECTED] = "disconnected by an administrator",
+	[RDP_E_TIMEOUT] = "no HELLO within the handshake timeout",
 };
 
 const char *rdp_reason_str(uint32_t reason)

@@ -91,6 +91,7 @@ enum rdp_reason {
 	RDP_E_BODY,        /* a fixed-size body has the wrong size */
 	RDP_E_RESOURCE,    /* the daemon refused the connection: a limit or policy */
 	RDP_E_DISCONNECTED, /* an administrator closed this connection (not a restart) */
+	RDP_E_TIMEOUT,     /* no HELLO within the handshake timeout */
 	RDP_E_REASON_MAX,
 };
 
