@@ -57,7 +57,7 @@ CTL_OBJ    := $(CTL_SRC:%.c=$(B)/obj/%.o)
 BINS := $(B)/bin/readyd $(B)/bin/readyctl
 LIBS := $(B)/lib/libreadyd.so.$(VERSION) $(B)/lib/libreadyd.so.$(SOVERSION) $(B)/lib/libreadyd.so \
         $(B)/lib/libreadyd.a
-EXAMPLES := $(B)/bin/echo-server
+EXAMPLES := $(B)/bin/echo-server $(B)/bin/prefork-server
 
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
 INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-systemd $(B)/tests/test-upgrade \
