@@ -62,7 +62,7 @@ EXAMPLES := $(B)/bin/echo-server $(B)/bin/prefork-server
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
 INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-systemd $(B)/tests/test-upgrade \
               $(B)/tests/test-readyctl $(B)/tests/test-recovery $(B)/tests/test-group \
-              $(B)/tests/test-limits
+              $(B)/tests/test-limits $(B)/tests/test-prefork
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
 .PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean \
@@ -100,7 +100,7 @@ tests: $(TEST_BINS)
 check-unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
-check-integration: $(INT_TESTS) $(BINS)
+check-integration: $(INT_TESTS) $(BINS) $(B)/bin/prefork-server
 	@set -e; for t in $(INT_TESTS); do echo "== $$t"; READYD_BIN=$(B)/bin/readyd $$t; done
 
 # libreadyd.so exports exactly the functions of readyd.h, and links as -lreadyd.
