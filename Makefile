@@ -282,7 +282,7 @@ $(B)/tests/test-%: $(B)/obj/tests/test_%.o $(B)/obj/tests/harness.o $(B)/obj/tes
 # Benchmarks (bench/README.md): readyd against its floor, in one run; never in timed
 # tests. check-bench is a one-second smoke run: it asserts the benchmark works, not speed.
 BENCH_SRC := bench/readyd-bench.c bench/proc.c bench/relay.c bench/notify.c \
-             bench/throughput.c bench/handoff.c bench/footprint.c
+             bench/throughput.c bench/handoff.c bench/footprint.c bench/accept.c
 BENCH_OBJ := $(BENCH_SRC:%.c=$(B)/obj/%.o)
 BENCH_RUN  = $(B)/bin/readyd-bench --readyd $(B)/bin/readyd
 

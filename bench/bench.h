@@ -1,6 +1,6 @@
 /* readyd-bench: readyd against its floor, in one run. Shared declarations of the
  * benchmark's modules: process control (proc.c), the bare relay (relay.c) and the
- * scenarios (notify.c, throughput.c, handoff.c, footprint.c). */
+ * scenarios (notify.c, throughput.c, handoff.c, footprint.c, accept.c). */
 #ifndef READYD_BENCH_H
 #define READYD_BENCH_H
 
@@ -29,6 +29,8 @@ struct bench_scale {
 	bool rss_limit;          /* also fill to the fd limit */
 	int idle_regs;
 	int idle_window_ms;
+	int accept_seq;          /* connections one at a time, per repetition and mode */
+	int accept_tput;         /* connections of the throughput scenario, likewise */
 };
 
 struct bench_opts {
@@ -97,6 +99,8 @@ void bench_sleep_ms(int ms);
 long bench_rss_kib(pid_t pid);
 /* CPU time of a process (all threads), in ns; -errno on failure. */
 int64_t bench_cpu_ns(pid_t pid);
+/* Voluntary context switches of a process (the times it slept); -errno on failure. */
+long bench_ctxt_switches(pid_t pid);
 int bench_count_fds(pid_t pid);
 /* Wait, bounded by timeout_ms, until pid holds at most 'want' fds; returns the count. */
 int bench_wait_fds(pid_t pid, int want, int timeout_ms);
@@ -130,6 +134,7 @@ int bench_throughput(struct bench_run *run, struct bench_daemon *d, int nclients
 int bench_handoff(struct bench_run *run, struct bench_daemon *d);
 int bench_rss(struct bench_run *run);
 int bench_idle(struct bench_run *run, struct bench_daemon *d);
+int bench_accept(struct bench_run *run, struct bench_daemon *d);
 
 /* Profile loads: a fixed amount of work against d, for callgrind and perf (--profile).
  * Returns the number of events delivered, or -errno. */

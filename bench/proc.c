@@ -326,6 +326,21 @@ int64_t bench_cpu_ns(pid_t pid)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+long bench_ctxt_switches(pid_t pid)
+{
+	char path[64], line[256];
+	long n = -ENOENT;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1)
+			break;
+	fclose(f);
+	return n;
+}
+
 int bench_count_fds(pid_t pid)
 {
 	char path[64];

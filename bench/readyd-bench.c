@@ -23,6 +23,7 @@ static const struct bench_scale scale_full = {
 	.handoff_iters = 100, .handoff_single = 2000,
 	.rss_regs = 10000, .rss_limit = true,
 	.idle_regs = 10000, .idle_window_ms = 10000,
+	.accept_seq = 2000, .accept_tput = 8000,
 };
 
 static const struct bench_scale scale_quick = {
@@ -32,6 +33,7 @@ static const struct bench_scale scale_quick = {
 	.handoff_iters = 30, .handoff_single = 500,
 	.rss_regs = 10000, .rss_limit = true,
 	.idle_regs = 10000, .idle_window_ms = 1000,
+	.accept_seq = 400, .accept_tput = 2000,
 };
 
 /* Asserts that everything works, not how fast: small sizes, few repetitions. */
@@ -42,6 +44,7 @@ static const struct bench_scale scale_smoke = {
 	.handoff_iters = 4, .handoff_single = 20,
 	.rss_regs = 1000, .rss_limit = false,
 	.idle_regs = 1000, .idle_window_ms = 20,
+	.accept_seq = 20, .accept_tput = 100,
 };
 
 /* Issue 3's targets. */
@@ -234,8 +237,12 @@ static void print_table(const struct bench_run *run, const struct machine *m, do
 	printf("machine: %s, %ld cores, %s, RLIMIT_NOFILE %llu (hard %llu, cannot be raised; "
 	       "readyd keeps %u in reserve)\n\n",
 	       m->cpu, m->cores, m->kernel, m->nofile, m->nofile_hard, RDD_FD_RESERVE);
-	printf("%-30s %-15s %12s %12s %7s  %-7s %-18s %s\n", "scenario", "unit", "readyd", "baseline",
-	       "ratio", "better", "target", "baseline name");
+	int wn = 30; /* the name column fits the longest name */
+	for (int i = 0; i < run->nres; i++)
+		if ((int)strlen(run->res[i].name) > wn)
+			wn = (int)strlen(run->res[i].name);
+	printf("%-*s %-15s %12s %12s %7s  %-7s %-18s %s\n", wn, "scenario", "unit", "readyd",
+	       "baseline", "ratio", "better", "target", "baseline name");
 	for (int i = 0; i < run->nres; i++) {
 		const struct bench_result *x = &run->res[i];
 		char a[32], b[32], r[32], desc[64];
@@ -247,7 +254,7 @@ static void print_table(const struct bench_run *run, const struct machine *m, do
 			snprintf(r, sizeof(r), "-");
 		if (met >= 0)
 			snprintf(desc + strlen(desc), sizeof(desc) - strlen(desc), " %s", met ? "ok" : "MISS");
-		printf("%-30s %-15s %12s %12s %7s  %-7s %-18s %s\n", x->name, x->unit,
+		printf("%-*s %-15s %12s %12s %7s  %-7s %-18s %s\n", wn, x->name, x->unit,
 		       fmt_num(a, sizeof(a), x->readyd), fmt_num(b, sizeof(b), x->baseline), r,
 		       x->higher_better ? "higher" : "lower", desc, x->baseline_name ? x->baseline_name : "-");
 	}
@@ -264,6 +271,8 @@ static int smoke_check(const struct bench_run *run)
 	static const char *const want[] = {
 		"notify_rtt_p50", "notify_rtt_p99", "notify_rtt_direct_p50", "event_throughput",
 		"event_throughput_100_clients", "handoff_rate", "rss_per_registration", "idle_cpu",
+		"accept_wakeups_per_connection", "accept_wakeups_per_connection_exclusive",
+		"accept_throughput",
 	};
 	int bad = 0;
 	for (size_t w = 0; w < sizeof(want) / sizeof(want[0]); w++) {
@@ -314,7 +323,7 @@ static void usage(FILE *f)
 		"  --smoke           about a second: assert that every scenario works, not how fast\n"
 		"  --reps N          repetitions of each scenario (default 5, at least 5 unless --smoke)\n"
 		"  --only LIST       scenario groups, comma-separated: notify, throughput,\n"
-		"                    throughput100, handoff, rss, idle\n"
+		"                    throughput100, handoff, accept, rss, idle\n"
 		"  --plot-data FILE  write the notify latency samples (CDF per mode) to FILE\n"
 		"  --verbose         every repetition's numbers on stderr\n"
 		"\n"
@@ -494,6 +503,8 @@ int main(int argc, char **argv)
 	if (wanted(&o, "throughput100") && bench_throughput(&run, &d, o.sc.tput_clients) < 0)
 		failed++;
 	if (wanted(&o, "handoff") && bench_handoff(&run, &d) < 0)
+		failed++;
+	if (wanted(&o, "accept") && bench_accept(&run, &d) < 0)
 		failed++;
 	if (wanted(&o, "rss") && bench_rss(&run) < 0)
 		failed++;
