@@ -218,13 +218,13 @@ static void print_stats(const struct worker *w, const pid_t *pids, uint32_t n)
 {
 	unsigned long wake = 0, acc = 0, spur = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		printf("prefork-server: worker %u (pid %d): %u connections, %u wakeups, %u spurious\n",
+		printf("prefork-server: worker %u (pid %d): connections %u, wakeups %u, spurious %u\n",
 		       i + 1, (int)pids[i], w[i].last.accepted, w[i].last.wakeups, w[i].last.spurious);
 		wake += w[i].last.wakeups;
 		acc += w[i].last.accepted;
 		spur += w[i].last.spurious;
 	}
-	printf("prefork-server: total: %lu connections, %lu wakeups, %lu spurious\n", acc, wake, spur);
+	printf("prefork-server: total: connections %lu, wakeups %lu, spurious %lu\n", acc, wake, spur);
 }
 
 static void usage(FILE *f)

@@ -257,7 +257,7 @@ static void test_one_worker_per_connection(void **state)
 		unsigned k, acc, wake, spur;
 		int wp;
 		unsigned long ta, tw, ts;
-		if (sscanf(line, "prefork-server: worker %u (pid %d): %u connections, %u wakeups, %u spurious",
+		if (sscanf(line, "prefork-server: worker %u (pid %d): connections %u, wakeups %u, spurious %u",
 			   &k, &wp, &acc, &wake, &spur) == 5) {
 			assert_true(k >= 1 && k <= WORKERS);
 			assert_int_equal(acc, served[k - 1]);
@@ -274,7 +274,7 @@ static void test_one_worker_per_connection(void **state)
 			wake_sum += wake;
 			spur_sum += spur;
 			lines++;
-		} else if (sscanf(line, "prefork-server: total: %lu connections, %lu wakeups, %lu spurious",
+		} else if (sscanf(line, "prefork-server: total: connections %lu, wakeups %lu, spurious %lu",
 				  &ta, &tw, &ts) == 3) {
 			assert_int_equal(ta, CONNS);
 			assert_int_equal(tw, CONNS);
