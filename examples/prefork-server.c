@@ -64,9 +64,11 @@ static void nap_ms(int ms)
 		;
 }
 
+/* One report to the parent, in one write: 0 or -errno. */
 static int tell(int fd, const struct report *r)
 {
-	return write(fd, r, sizeof(*r)) == (ssize_t)sizeof(*r) ? 0 : -1;
+	ssize_t n = write(fd, r, sizeof(*r));
+	return n == (ssize_t)sizeof(*r) ? 0 : n < 0 ? -errno : -EIO;
 }
 
 /* A worker's life: its own readyd connection, one registration of the shared listener in
