@@ -44,7 +44,7 @@ SYSUSERSDIR        ?= $(or $(call SD_VAR,sysusersdir),$(PREFIX)/lib/sysusers.d)
 
 PROTO_SRC  := proto/rdp.c proto/rdp_io.c proto/rdp_path.c
 DAEMON_SRC := daemon/main.c daemon/server.c daemon/client.c daemon/registry.c \
-              daemon/control.c daemon/config.c daemon/log.c daemon/notify.c daemon/reload.c daemon/upgrade.c daemon/group.c
+              daemon/control.c daemon/config.c daemon/log.c daemon/notify.c daemon/reload.c daemon/upgrade.c daemon/group.c daemon/fault.c
 LIB_SRC    := client/readyd.c
 CTL_SRC    := client/readyctl.c client/readyctl_top.c
 
@@ -65,7 +65,7 @@ INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-sys
               $(B)/tests/test-limits $(B)/tests/test-prefork
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
-.PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-systemd tests clean \
+.PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-faults check-systemd tests clean \
         install uninstall check-install
 all: $(BINS) $(LIBS) $(EXAMPLES)
 
@@ -93,7 +93,7 @@ run: deps
 
 check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-systemd check-bench check-install check-examples
+	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-faults check-systemd check-bench check-install check-examples
 
 tests: $(TEST_BINS)
 
@@ -117,6 +117,12 @@ check-lib: $(B)/lib/libreadyd.so
 # against the installed readyd, then make uninstall leaving only directories.
 check-install: $(BINS) $(LIBS)
 	MAKE="$(MAKE)" CC="$(CC)" tests/install.sh $(B)
+
+# Allocation failure at every allocation on the request path: a daemon built with the
+# fault-injection hook (daemon/fault.h), driven by tests/test_faults.c.
+check-faults: $(B)/tests/test-faults
+	@$(MAKE) --no-print-directory B=$(B)/faults CFLAGS="$(CFLAGS) -DRDD_FAULT_INJECTION" $(B)/faults/bin/readyd
+	READYD_BIN=$(B)/faults/bin/readyd $(B)/tests/test-faults
 
 # readyd under a real systemd user manager in a private mount namespace (SKIP if the
 # machine cannot run one).

@@ -31,6 +31,10 @@ _Static_assert(RD_READ_CLOSED == RDP_READY_READ_CLOSED && RD_WRITE_CLOSED == RDP
  * the daemon's per-client output limit, so pipelining never stalls the daemon. */
 #define PIPELINE_DEPTH 8
 
+/* Restarts one call lives through before it gives up with -ECONNRESET: a daemon that
+ * drops the connection on every try of a request must not loop the caller forever. */
+#define RESTARTS_PER_CALL 3
+
 /* What the library knows it registered, to replay after the daemon restarted. The fd
  * is the caller's own (see libreadyd(3): keep it open while it is registered). */
 struct model_entry {
@@ -476,10 +480,12 @@ int rd_join(rd_client *c, uint64_t token, const char *group)
 		if (r < 0)
 			return r;
 	}
-	int r;
-	do
+	int r, restarts = 0;
+	do {
+		if (restarts++ > RESTARTS_PER_CALL)
+			return fail(c, -ECONNRESET);
 		r = join_raw(c, token, group);
-	while (r == -ERESTART);
+	} while (r == -ERESTART);
 	if (r == 0) {
 		struct model_entry *m = model_find(c, token);
 		if (m)
@@ -745,7 +751,7 @@ static int apply_to_queued(rd_client *c, uint16_t type, const struct rd_entry *e
 static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 {
 	struct chunk fl[PIPELINE_DEPTH];
-	unsigned head = 0, inflight = 0;
+	unsigned head = 0, inflight = 0, restarts = 0;
 	size_t next = 0, nok = 0;
 
 	if (!c || (!e && n))
@@ -780,6 +786,8 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 				r = lost(c, r);
 				if (r != -ERESTART || c->recovering)
 					return r < 0 ? r : fail(c, -EIO);
+				if (++restarts > RESTARTS_PER_CALL)
+					return fail(c, -ECONNRESET);
 				/* Back after a restart: what was in flight goes again, then this. */
 				for (unsigned k = 0; k < inflight; k++) {
 					struct chunk *again = &fl[(head + k) % PIPELINE_DEPTH];
@@ -801,6 +809,8 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 		if (r == -ERESTART && c->recovering)
 			return r; /* resync() starts over */
 		if (r == -ERESTART) {
+			if (++restarts > RESTARTS_PER_CALL)
+				return fail(c, -ECONNRESET);
 			/* The daemon restarted and our registrations are back: the requests in
 			 * flight were never seen by it. Send them again, in order. */
 			for (unsigned k = 0; k < inflight && r == -ERESTART; k++) {
@@ -943,9 +953,11 @@ int rd_control(rd_client *c, const char *request, char **reply)
 	size_t rl = strlen(request);
 	if (rl == 0 || rl > RDP_MSG_MAX - RDP_HDR_SIZE)
 		return -EMSGSIZE;
-	int r;
+	int r, restarts = 0;
 	uint32_t id;
 	do {
+		if (restarts++ > RESTARTS_PER_CALL)
+			return fail(c, -ECONNRESET);
 		/* A restart in between voids the request: it is sent again. */
 		id = new_id(c);
 		size_t len = rdp_encode_json(c->tx, sizeof(c->tx), RDP_MSG_CONTROL, id, request, rl);

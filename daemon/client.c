@@ -677,8 +677,13 @@ static int handle_control(struct rdd *d, struct rdd_client *c, const struct rdp_
 {
 	char *json = rdd_control(d, c, h->id, (const char *)rdd_rxbuf + RDP_HDR_SIZE,
 				 h->length - RDP_HDR_SIZE);
-	if (!json)
-		return -ENOMEM;
+	if (!json) {
+		/* An answer needs no allocation to say there was none to be had. */
+		static const char oom[] = "{\"ok\":false,\"error\":\"out of memory\"}";
+		size_t len = rdp_encode_json(rdd_txbuf, RDP_MSG_MAX, RDP_MSG_CONTROL_REPLY, h->id, oom,
+					     sizeof(oom) - 1);
+		return rdd_client_send(d, c, rdd_txbuf, len);
+	}
 	size_t jl = strlen(json);
 	static const char too_big[] = "{\"ok\":false,\"error\":\"reply too large\"}";
 	if (jl > RDP_MSG_MAX - RDP_HDR_SIZE) {

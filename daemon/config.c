@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "../proto/rdp.h"
+#include "fault.h"
 #include "log.h"
 
 struct limit_key {

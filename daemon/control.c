@@ -258,6 +258,12 @@ char *rdd_control(struct rdd *d, struct rdd_client *c, uint32_t id, const char *
 			reply = upgrade(d, c, id, j);
 		else if (strcmp(cmd, "reload") == 0)
 			reply = reload(d, c);
+#ifdef RDD_FAULT_INJECTION
+		else if (strcmp(cmd, "fail-alloc") == 0) {
+			rdd_fault_arm((long)json_integer_value(json_object_get(j, "after")));
+			reply = json_pack("{s:b}", "ok", 1);
+		}
+#endif
 		else
 			reply = error_reply("unknown command \"%.64s\"", cmd);
 		json_decref(j);

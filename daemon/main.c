@@ -66,6 +66,10 @@ int main(int argc, char **argv)
 	int level = -1, o;
 
 	rdd_log_init();
+#ifdef RDD_FAULT_INJECTION
+	rdd_fault_init();
+	log_warning("built with allocation-failure injection: for tests only");
+#endif
 	while ((o = getopt_long(argc, argv, "s:c:l:hV", opts, NULL)) != -1) {
 		switch (o) {
 		case 's':

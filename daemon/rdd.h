@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "fault.h"
 #include "registry.h"
 
 #define RDD_VERSION "1.0.0"

@@ -1,6 +1,8 @@
 /* The registration slab, the token map and the ready queue (see registry.h). */
 #include "registry.h"
 
+#include "fault.h"
+
 #include <errno.h>
 #include <malloc.h>
 #include <stdlib.h>
