@@ -523,10 +523,14 @@ static int reconnect(rd_client *c)
 			}
 			c->dead = 0;
 			int r = hello(c);
-			if (r != -ECONNRESET && r != -EPIPE)
+			/* Accepted, then dropped (the daemon is still starting or stopping): that
+			 * is one more failed try, not the end. */
+			if (r != -ECONNRESET && r != -EPIPE && r != -ERESTART)
 				return r;
 		} else
 			close(fd);
+		if (i + 1 == RECONNECT_TRIES)
+			break;
 		struct timespec ts = { .tv_sec = delay_ms / 1000, .tv_nsec = delay_ms % 1000 * 1000000L };
 		nanosleep(&ts, NULL);
 		delay_ms = delay_ms * 2 > 1000 ? 1000 : delay_ms * 2;
@@ -610,6 +614,8 @@ static int resync(rd_client *c, bool reconnect_first)
 		break;
 	}
 	c->recovering = false;
+	if (r == -ERESTART) /* still restarting after every try */
+		r = -ECONNRESET;
 	if (r < 0)
 		return fail(c, r);
 	return -ERESTART;
@@ -909,36 +915,52 @@ int rd_wait(rd_client *c, struct rd_event *ev, size_t max, int timeout_ms)
 		return -EINVAL;
 	if (max == 0)
 		return 0;
-	if (c->evq_len > 0)
-		return (int)take_queued(c, ev, max);
-	if (c->dead) {
-		int r = revive(c);
-		if (r < 0)
-			return r;
-		return (int)take_queued(c, ev, max);
+	int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
+	for (;;) {
+		if (c->evq_len > 0)
+			return (int)take_queued(c, ev, max);
+		int left = timeout_ms;
+		if (timeout_ms > 0) {
+			int64_t l = deadline - now_ms();
+			left = l > 0 ? (int)l : 0;
+		}
+		int r;
+		if (c->dead) {
+			r = revive(c);
+			if (r < 0)
+				return r;
+		} else {
+			r = recv_msg(c, left);
+			if (r < 0) {
+				r = lost(c, r);
+				if (r != -ERESTART)
+					return r;
+			} else if (r == 0) {
+				return 0;
+			} else if (c->rx_hdr.type == RDP_MSG_RESYNC) {
+				r = resync(c, false);
+				if (r != -ERESTART)
+					return r;
+			} else if (c->rx_hdr.type != RDP_MSG_EVENTS) {
+				return fail(c, -EPROTO); /* an answer nobody asked for */
+			} else {
+				/* Straight into the caller's array; only what does not fit is kept. */
+				uint32_t n = c->rx_hdr.count < max ? c->rx_hdr.count : (uint32_t)max;
+				for (uint32_t i = 0; i < n; i++) {
+					struct rdp_event e;
+					rdp_event_get(c->rx, i, &e);
+					ev[i] = (struct rd_event){ .token = e.token, .ready = e.ready,
+								   .tick = e.tick };
+				}
+				r = keep_events_from(c, n);
+				return r < 0 ? r : (int)n;
+			}
+		}
+		/* Recovered. Its "ready once" events are queued, unless nothing was
+		 * registered: then wait on, for what is left of the timeout. */
+		if (c->evq_len == 0 && (timeout_ms == 0 || (timeout_ms > 0 && now_ms() >= deadline)))
+			return 0;
 	}
-	int r = recv_msg(c, timeout_ms);
-	if (r < 0) {
-		r = lost(c, r);
-		return r == -ERESTART ? (int)take_queued(c, ev, max) : r;
-	}
-	if (r == 0)
-		return 0;
-	if (c->rx_hdr.type == RDP_MSG_RESYNC) {
-		r = resync(c, false);
-		return r == -ERESTART ? (int)take_queued(c, ev, max) : r;
-	}
-	if (c->rx_hdr.type != RDP_MSG_EVENTS)
-		return fail(c, -EPROTO); /* an answer nobody asked for */
-	/* Straight into the caller's array; only what does not fit is kept. */
-	uint32_t n = c->rx_hdr.count < max ? c->rx_hdr.count : (uint32_t)max;
-	for (uint32_t i = 0; i < n; i++) {
-		struct rdp_event e;
-		rdp_event_get(c->rx, i, &e);
-		ev[i] = (struct rd_event){ .token = e.token, .ready = e.ready, .tick = e.tick };
-	}
-	r = keep_events_from(c, n);
-	return r < 0 ? r : (int)n;
 }
 
 int rd_control(rd_client *c, const char *request, char **reply)

@@ -336,34 +336,40 @@ static void reg_destroy(struct rdd *d, struct rdd_client *c, uint32_t slot)
 		u->regs--;
 }
 
+/* Every registration of c goes at once: walk the map, not the tokens. */
+static void drop_registrations(struct rdd *d, struct rdd_client *c)
+{
+	for (uint32_t i = 0; c->map.slots && i <= c->map.mask; i++) {
+		uint32_t slot = c->map.slots[i];
+		if (slot == RDD_NIL)
+			continue;
+		struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
+		if (r->state & RDD_REG_GROUPED)
+			rdd_group_leave(d, slot);
+		else if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->fd, NULL) < 0)
+			log_debug("EPOLL_CTL_DEL: %s", strerror(errno));
+		close(r->fd);
+		rdd_slab_free(&d->slab, slot);
+		d->nfds--;
+	}
+	rdd_tokmap_fini(&c->map);
+	rdd_queue_init(&c->ready);
+	struct rdd_uid_count *u = uid_slot(d, c->uid, false);
+	if (u)
+		u->regs = u->regs > c->nregs ? u->regs - c->nregs : 0;
+	c->nregs = 0;
+}
+
 void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why)
 {
 	log_debug("client pid %d uid %u: closing: %s", (int)c->pid, (unsigned)c->uid, why);
 	rdd_notify_fdstore_remove(d, c);
-	/* All registrations at once: walk the map, not the tokens. */
-	if (c->map.slots) {
-		for (uint32_t i = 0; i <= c->map.mask; i++) {
-			uint32_t slot = c->map.slots[i];
-			if (slot == RDD_NIL)
-				continue;
-			struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
-			if (r->state & RDD_REG_GROUPED)
-				rdd_group_leave(d, slot);
-			else if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->fd, NULL) < 0)
-				log_debug("EPOLL_CTL_DEL: %s", strerror(errno));
-			close(r->fd);
-			rdd_slab_free(&d->slab, slot);
-			d->nfds--;
-		}
-	}
-	rdd_tokmap_fini(&c->map);
+	drop_registrations(d, c);
 	if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, c->fd, NULL) < 0)
 		log_debug("EPOLL_CTL_DEL client: %s", strerror(errno));
 	close(c->fd);
 	d->nfds--;
 	struct rdd_uid_count *u = uid_slot(d, c->uid, false);
-	if (u)
-		u->regs = u->regs > c->nregs ? u->regs - c->nregs : 0;
 	if (u && --u->n == 0)
 		*u = d->uids[--d->nuids]; /* forget uids with no connection */
 	d->clients[c->slot] = NULL;
@@ -373,6 +379,24 @@ void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why)
 	free(c);
 	if (d->accept_paused)
 		rdd_listen_resume(d);
+}
+
+static bool out_pending(const struct rdd_client *c);
+
+/* Disconnect c with a reason it will read: its registrations go now, answers it had not
+ * read are dropped, and the connection closes once the ERROR is out (a client that does
+ * not read holds one socket until it does, or goes). */
+void rdd_client_kick(struct rdd *d, struct rdd_client *c, uint32_t err, uint32_t reason)
+{
+	drop_registrations(d, c);
+	c->out_off = c->out_len = 0;
+	c->in_pending = false;
+	size_t len = rdp_encode_error(rdd_txbuf, RDP_MSG_MAX, 0, err, reason, rdp_reason_str(reason));
+	if (rdd_client_send(d, c, rdd_txbuf, len) < 0 || !out_pending(c)) {
+		rdd_client_close(d, c, rdp_reason_str(reason));
+		return;
+	}
+	c->kicked = true;
 }
 
 static bool out_pending(const struct rdd_client *c)
@@ -817,6 +841,13 @@ void rdd_client_service(struct rdd *d, struct rdd_client *c)
 	bool blocked = c->want_out && !c->out_ready;
 
 	c->out_ready = false;
+	if (c->kicked) {
+		/* Only its ERROR is left to send; nothing it sends is read any more. */
+		if (!blocked && flush_out(d, c) == 1)
+			return;
+		rdd_client_close(d, c, "disconnected");
+		return;
+	}
 	if (!blocked && out_pending(c)) {
 		r = flush_out(d, c);
 		if (r < 0)
@@ -917,11 +948,16 @@ int rdd_client_adopt_stored(struct rdd *d, int fd, uint64_t id)
 	struct rdd_client *c;
 	int r;
 
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0)
-		return -errno;
-	r = rdd_client_attach(d, fd, &cred, &c);
-	if (r < 0)
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+		r = -errno;
+		close(fd);
 		return r;
+	}
+	r = rdd_client_attach(d, fd, &cred, &c);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
 	c->id = id;
 	if (id > d->next_client_id)
 		d->next_client_id = id;

@@ -199,10 +199,7 @@ static json_t *disconnect(struct rdd *d, struct rdd_client *self, json_t *req)
 		return error_reply("%s", "a connection cannot disconnect itself this way: close it");
 	json_int_t id = (json_int_t)c->id;
 	/* Said with an ERROR, so that the client knows it is not a restart to recover from. */
-	size_t len = rdp_encode_error(rdd_txbuf, RDP_MSG_MAX, 0, ECONNABORTED, RDP_E_DISCONNECTED,
-				      rdp_reason_str(RDP_E_DISCONNECTED));
-	(void)rdd_client_send(d, c, rdd_txbuf, len);
-	rdd_client_close(d, c, "disconnected by an admin");
+	rdd_client_kick(d, c, ECONNABORTED, RDP_E_DISCONNECTED);
 	return json_pack("{s:b, s:I}", "ok", 1, "disconnected", id);
 }
 

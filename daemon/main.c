@@ -90,7 +90,9 @@ int main(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		case 'V':
-			printf("readyd %s (protocol %u)\n", RDD_VERSION, RDP_VERSION);
+			/* "upgrade-state N" tells a running daemon this binary can take over. */
+			printf("readyd %s (protocol %u, upgrade-state %d)\n", RDD_VERSION, RDP_VERSION,
+			       RDD_UPGRADE_STATE_FORMAT);
 			return 0;
 		default:
 			usage(stderr);
@@ -108,7 +110,11 @@ int main(int argc, char **argv)
 	const char *cpath = config_path ? config_path : RDD_CONFIG_DEFAULT;
 	if (rdd_config_load(cpath, config_path != NULL, &cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "readyd: %s: %s\n", cpath, err);
-		return 1;
+		/* Mid-upgrade every client depends on us starting: defaults, then. */
+		if (!getenv("READYD_UPGRADE_FD"))
+			return 1;
+		fprintf(stderr, "readyd: upgrading: carrying on with the built-in defaults\n");
+		cfg = (struct rdd_config){ .log_level = -1 };
 	}
 
 	struct rdd d = {

@@ -11,6 +11,7 @@
 #include "registry.h"
 
 #define RDD_VERSION "1.0.0"
+#define RDD_UPGRADE_STATE_FORMAT 1 /* the live-upgrade state this binary reads and writes */
 
 /* What an epoll_data names: tag (8 bits) | generation (24 bits) | slot (32 bits). The tag
  * comes first so the loop dispatches before touching any object (sd-event's WakeupType). */
@@ -67,6 +68,7 @@ struct rdd_client {
 	bool on_dirty;    /* on the loop's list of clients with work */
 	bool stored;      /* kept in systemd's fd store as rdc-<id> */
 	bool resyncing;   /* sent RESYNC: requests are discarded until RESYNC_ACK */
+	bool kicked;      /* disconnected by an admin: closes once its ERROR is sent */
 	uint32_t features; /* granted in WELCOME */
 	struct rdd_tokmap map;
 	struct rdd_queue ready;
@@ -143,6 +145,8 @@ struct rdd {
 /* client.c */
 int rdd_client_new(struct rdd *d, int fd);
 void rdd_client_close(struct rdd *d, struct rdd_client *c, const char *why);
+/* Disconnect c with an ERROR it will read (see client.c). */
+void rdd_client_kick(struct rdd *d, struct rdd_client *c, uint32_t err, uint32_t reason);
 struct ucred;
 /* Make fd a client (slot, epoll, uid count); fd stays the caller's on failure. */
 int rdd_client_attach(struct rdd *d, int fd, const struct ucred *cred, struct rdd_client **out);

@@ -94,13 +94,15 @@ int rdd_listen_activated(struct rdd *d)
 			/* A client connection from the fd store: we crashed and were restarted. */
 			fcntl(fd, F_SETFD, FD_CLOEXEC);
 			fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-			int r = sd_is_socket(fd, AF_UNIX, SOCK_SEQPACKET, 0) > 0
-					? rdd_client_adopt_stored(d, fd, id)
-					: -ENOTSOCK;
+			/* rdd_client_adopt_stored owns fd from the call on, failure or not. */
+			int r = -ENOTSOCK;
+			if (sd_is_socket(fd, AF_UNIX, SOCK_SEQPACKET, 0) > 0)
+				r = rdd_client_adopt_stored(d, fd, id);
+			else
+				close(fd);
 			if (r < 0) {
 				log_warning("stored connection %s: %s; dropped", name, strerror(-r));
 				(void)sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=%s", name);
-				close(fd);
 			} else
 				clients++;
 			continue;

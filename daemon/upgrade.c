@@ -22,11 +22,12 @@
 #include <unistd.h>
 
 #include "../proto/rdp.h"
+#include "config.h"
 #include "log.h"
 #include "rdd.h"
 
 #define UPGRADE_ENV "READYD_UPGRADE_FD"
-#define STATE_FORMAT 1
+#define STATE_FORMAT RDD_UPGRADE_STATE_FORMAT
 
 static void hex_encode(char *out, const uint8_t *in, size_t n)
 {
@@ -188,6 +189,13 @@ static int check_binary(const char *binary, char *err, size_t errlen)
 		snprintf(err, errlen, "%s --version did not answer as readyd does", binary);
 		return -ENOEXEC;
 	}
+	char want[32];
+	snprintf(want, sizeof(want), "upgrade-state %d)", STATE_FORMAT);
+	if (!strstr(out, want)) {
+		snprintf(err, errlen, "%s cannot take over this daemon's state (it does not say \"%s\")",
+			 binary, want);
+		return -ENOEXEC;
+	}
 	return 0;
 }
 
@@ -202,8 +210,21 @@ int rdd_upgrade(struct rdd *d, const char *binary, struct rdd_client *requester,
 		return -ENOENT;
 	}
 	r = check_binary(binary, err, errlen);
-	if (r < 0)
+	if (r == 0 && d->config_path) {
+		/* The new process reads the config file at start: a file that would stop it
+		 * must stop the upgrade instead. */
+		struct rdd_config cfg;
+		char cerr[400];
+		r = rdd_config_load(d->config_path, d->config_required, &cfg, cerr, sizeof(cerr));
+		if (r < 0)
+			snprintf(err, errlen, "%s: %s", d->config_path, cerr);
+		else
+			rdd_config_fini(&cfg);
+	}
+	if (r < 0) {
+		log_err("upgrade refused: %s; carrying on", err);
 		return r;
+	}
 
 	rdd_notify_reloading(d);
 	/* Queued answers and readiness travel in the state, unsent. */

@@ -962,6 +962,55 @@ static void test_control_plane(void **state)
 
 	rd_close(a);
 	rd_close(b);
+
+	/* A client that is not reading has a backlog in the way: the ERROR still reaches it
+	 * after what it had not read, so it knows not to reconnect. */
+	int raw = rdt_connect(daemon_.sock);
+	assert_true(raw >= 0);
+	assert_int_equal(rdt_hello(raw), 0);
+	static uint8_t buf[RDP_MSG_MAX];
+	int sent = 0;
+	for (; sent < 20000; sent++) {
+		size_t len = rdp_encode_json(buf, sizeof(buf), RDP_MSG_CONTROL, (uint32_t)sent + 1,
+					     "{\"command\":\"limits\"}", 19);
+		if (send(raw, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+			break; /* the daemon stopped reading us: its answers are piled up */
+	}
+	assert_true(sent > 100);
+	j = control(ctl, "{\"command\":\"clients\"}");
+	json_int_t id_raw = 0;
+	json_array_foreach(json_object_get(j, "clients"), i, c) {
+		if (!json_is_true(json_object_get(c, "self")))
+			id_raw = json_integer_value(json_object_get(c, "id"));
+	}
+	json_decref(j);
+	assert_true(id_raw > 0);
+	snprintf(req, sizeof(req), "{\"command\":\"disconnect\",\"client\":%lld}", (long long)id_raw);
+	j = control(ctl, req);
+	assert_true(json_is_true(json_object_get(j, "ok")));
+	json_decref(j);
+	int reason = -1, n = 0;
+	for (int k = 0; k < 100000; k++) {
+		n = rdt_recv(raw, buf, sizeof(buf), PATIENCE_MS);
+		/* The daemon closed with our requests unread: the kernel says so first, and
+		 * what it had sent can still be read after. */
+		if (n == -ECONNRESET)
+			continue;
+		if (n <= 0)
+			break;
+		struct rdp_hdr h;
+		assert_int_equal(rdp_check_daemon_msg(buf, (size_t)n, 0, &h), RDP_E_NONE);
+		if (h.type == RDP_MSG_ERROR) {
+			uint32_t err, rs;
+			const char *text;
+			size_t tl;
+			rdp_error_get(buf, (size_t)n, &err, &rs, &text, &tl);
+			assert_int_equal(err, ECONNABORTED);
+			reason = (int)rs;
+		}
+	}
+	assert_int_equal(reason, RDP_E_DISCONNECTED);
+	close(raw);
 	rd_close(ctl);
 	close(p[0]);
 	close(p[1]);
