@@ -979,9 +979,11 @@ static void test_control_plane(void **state)
 	assert_true(sent > 100);
 	j = control(ctl, "{\"command\":\"clients\"}");
 	json_int_t id_raw = 0;
+	/* The raw client connected last: the highest id (b may still be closing). */
 	json_array_foreach(json_object_get(j, "clients"), i, c) {
-		if (!json_is_true(json_object_get(c, "self")))
-			id_raw = json_integer_value(json_object_get(c, "id"));
+		json_int_t id = json_integer_value(json_object_get(c, "id"));
+		if (!json_is_true(json_object_get(c, "self")) && id > id_raw)
+			id_raw = id;
 	}
 	json_decref(j);
 	assert_true(id_raw > 0);
