@@ -187,12 +187,11 @@ install: $(BINS) $(LIBS)
 	ln -sfn libreadyd.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libreadyd.so
 	$(INSTALL) -m 0644 $(B)/gen/readyd.pc $(DESTDIR)$(PKGCONFIGDIR)/readyd.pc
 	$(INSTALL) -m 0644 client/readyd.h $(DESTDIR)$(INCLUDEDIR)/readyd.h
-	@# A link page (one .so line) goes in as a symbolic link, as Debian policy and mandoc prefer.
+	@# A link page (a symbolic link in man/) goes in as one, as Debian policy and mandoc prefer.
 	for m in $(MAN_PAGES); do \
-		s=$${m##*.}; so=$$(sed -n '1s/^\.so  *//p' $$m); \
-		if [ -n "$$so" ] && [ "$$(wc -l < $$m)" = 1 ]; then \
-			case $$so in man$$s/*) so=$${so#man$$s/} ;; *) so=../$$so ;; esac; \
-			ln -sfn $$so $(DESTDIR)$(MANDIR)/man$$s/$${m##*/}; \
+		s=$${m##*.}; \
+		if [ -L $$m ]; then \
+			ln -sfn $$(readlink $$m) $(DESTDIR)$(MANDIR)/man$$s/$${m##*/}; \
 		else \
 			$(INSTALL) -m 0644 $$m $(DESTDIR)$(MANDIR)/man$$s/; \
 		fi || exit 1; \
