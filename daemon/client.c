@@ -880,7 +880,7 @@ out_close:
 }
 
 int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *saved, int fd,
-		    const char *group)
+		    const char *group, bool holds)
 {
 	uint32_t slot;
 	int r;
@@ -926,6 +926,8 @@ int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *s
 		if (st)
 			log_err("upgrade: token %llu could not rejoin group %s: %s",
 				(unsigned long long)saved->token, group, strerror((int)st));
+		else if (holds)
+			rdd_group_set_holder(d, slot);
 	}
 	return 0;
 

@@ -230,6 +230,10 @@ uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const
 	if (epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->fd, NULL) < 0)
 		log_debug("group %s: EPOLL_CTL_DEL member: %s", name, strerror(errno));
 	r->state |= RDD_REG_GROUPED;
+	/* A member that joins already woken (its oneshot fired before) holds that
+	 * readiness: nobody else is woken for it until it re-arms. */
+	if ((r->state & RDD_REG_DISARMED) && g->holder == RDD_NIL)
+		g->holder = reg;
 	group_arm(d, g);
 	return 0;
 nomem:
@@ -288,6 +292,21 @@ void rdd_group_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events
 		return;
 	}
 	/* No member armed (it raced a re-arm): the watch stays disarmed until one is. */
+}
+
+bool rdd_group_holds(struct rdd *d, uint32_t reg)
+{
+	struct rdd_group *g = group_of(d, reg);
+	return g && g->holder == reg;
+}
+
+void rdd_group_set_holder(struct rdd *d, uint32_t reg)
+{
+	struct rdd_group *g = group_of(d, reg);
+	if (!g)
+		return;
+	g->holder = reg;
+	group_arm(d, g);
 }
 
 const char *rdd_group_name(struct rdd *d, uint32_t reg)

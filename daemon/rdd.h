@@ -152,7 +152,7 @@ struct ucred;
 int rdd_client_attach(struct rdd *d, int fd, const struct ucred *cred, struct rdd_client **out);
 /* Re-create a registration kept across an upgrade; takes fd, closing it on failure. */
 int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *saved, int fd,
-		    const char *group);
+		    const char *group, bool holds);
 /* Queue bytes (whole framed messages) kept across an upgrade for c. */
 int rdd_client_restore_out(struct rdd_client *c, const void *bytes, size_t len);
 /* The epoll events a registration is watched with (none while a oneshot is disarmed). */
@@ -176,6 +176,9 @@ void rdd_group_leave(struct rdd *d, uint32_t reg);
 void rdd_group_rearm(struct rdd *d, uint32_t reg);
 void rdd_group_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);
 const char *rdd_group_name(struct rdd *d, uint32_t reg);
+/* Does reg hold its group's last wakeup (woken, not re-armed)? And restore that. */
+bool rdd_group_holds(struct rdd *d, uint32_t reg);
+void rdd_group_set_holder(struct rdd *d, uint32_t reg);
 void rdd_groups_fini(struct rdd *d);
 /* Give a registration readiness from these epoll events (client.c). */
 void rdd_reg_deliver(struct rdd *d, uint32_t slot, uint32_t events);

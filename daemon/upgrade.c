@@ -71,11 +71,13 @@ static json_t *client_state(struct rdd *d, struct rdd_client *c)
 		if (slot == RDD_NIL)
 			continue;
 		const struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
-		/* [token, fd, interest, flags, pending, tick, disarmed, group or null]; the
-		 * token's 64 bits travel as the same bits of a json_int_t. */
-		json_t *a = json_pack("[I, i, i, i, i, I, b, s?]", (json_int_t)r->token, r->fd,
+		/* [token, fd, interest, flags, pending, tick, disarmed, group or null, holds
+		 * the group's wakeup]; the token's 64 bits travel as the same bits of a
+		 * json_int_t. */
+		json_t *a = json_pack("[I, i, i, i, i, I, b, s?, b]", (json_int_t)r->token, r->fd,
 				      r->interest, r->flags, r->pending, (json_int_t)r->tick,
-				      (r->state & RDD_REG_DISARMED) != 0, rdd_group_name(d, slot));
+				      (r->state & RDD_REG_DISARMED) != 0, rdd_group_name(d, slot),
+				      rdd_group_holds(d, slot));
 		if (!a || json_array_append_new(regs, a) < 0)
 			goto fail;
 	}
@@ -332,7 +334,8 @@ static int restore_client(struct rdd *d, json_t *o, json_int_t reply_client, jso
 		};
 		int rfd = (int)json_integer_value(json_array_get(a, 1));
 		fcntl(rfd, F_SETFD, FD_CLOEXEC);
-		r = rdd_reg_restore(d, c, &saved, rfd, json_string_value(json_array_get(a, 7)));
+		r = rdd_reg_restore(d, c, &saved, rfd, json_string_value(json_array_get(a, 7)),
+				    json_is_true(json_array_get(a, 8)));
 		if (r < 0)
 			log_err("upgrade: client %llu token %llu: %s; registration lost",
 				(unsigned long long)c->id, (unsigned long long)saved.token, strerror(-r));

@@ -244,6 +244,21 @@ static void test_group_survives_upgrade(void **state)
 	}
 	assert_int_equal(count[0], 2);
 	assert_int_equal(count[1], 2);
+
+	/* A member woken before the upgrade and not re-armed still holds that wakeup
+	 * after it: nobody else is woken for the same connection. */
+	int s1 = dial(port);
+	int who = woken(w, 2);
+	assert_true(who >= 0);
+	text = NULL;
+	assert_int_equal(rd_control(w[who], "{\"command\":\"upgrade\"}", &text), 0);
+	free(text);
+	assert_true(woken(w, 2) < 0);
+	int a1 = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(a1 >= 0);
+	close(a1);
+	close(s1);
+	assert_int_equal(rd_rearm(w[who], 80), 0);
 	rd_close(w[0]);
 	rd_close(w[1]);
 	close(l);
