@@ -133,6 +133,10 @@ static void read_comm(struct rdd_client *c)
 	}
 	c->comm[n] = '\0';
 	c->comm[strcspn(c->comm, "\n")] = '\0';
+	/* Any byte: the process chose its name. Printable ASCII travels through JSON. */
+	for (char *p = c->comm; *p; p++)
+		if (*p < 0x20 || *p > 0x7e)
+			*p = '?';
 }
 
 /* Make fd a client: a slot, epoll interest, the uid's count. On failure fd is left open
@@ -843,7 +847,7 @@ void rdd_client_service(struct rdd *d, struct rdd_client *c)
 	c->out_ready = false;
 	if (c->kicked) {
 		/* Only its ERROR is left to send; nothing it sends is read any more. */
-		if (!blocked && flush_out(d, c) == 1)
+		if (blocked || flush_out(d, c) == 1)
 			return;
 		rdd_client_close(d, c, "disconnected");
 		return;

@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <linux/kcmp.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "../proto/rdp.h"
@@ -186,13 +188,40 @@ nomem:
 	return NULL;
 }
 
+/* Is fd the group's open file? kcmp(KCMP_FILE) says so exactly. Without it, inode
+ * numbers do, except for anonymous inodes (every eventfd, timerfd, signalfd and epoll
+ * shares one), which are then refused rather than mixed up. */
+static bool same_file(const struct rdd_group *g, int fd, const struct stat *st)
+{
+	pid_t self = getpid();
+	long k = syscall(SYS_kcmp, self, self, KCMP_FILE, g->fd, fd);
+	if (k >= 0)
+		return k == 0;
+	if (g->dev != (uint64_t)st->st_dev || g->ino != (uint64_t)st->st_ino)
+		return false;
+	char path[64], link[32];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, link, sizeof(link) - 1);
+	return n > 0 && strncmp(link, "anon_inode:", (size_t)n < 11 ? (size_t)n : 11) != 0;
+}
+
+/* Group names are printable ASCII, so they travel through JSON (control plane, upgrade
+ * state) unharmed. */
+static bool name_ok(const char *name)
+{
+	for (const char *p = name; *p; p++)
+		if (*p < 0x21 || *p > 0x7e)
+			return false;
+	return name[0] != '\0';
+}
+
 uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const char *name)
 {
 	struct rdd_reg *r = rdd_slab_at(&d->slab, reg);
 	struct stat st;
 	int err = 0;
 
-	if (!name[0] || strlen(name) > RDP_GROUP_NAME_SIZE)
+	if (!name_ok(name) || strlen(name) > RDP_GROUP_NAME_SIZE)
 		return EINVAL;
 	if (!(r->flags & RDP_FLAG_ONESHOT))
 		return EINVAL; /* members are oneshot: a wakeup is theirs until they re-arm */
@@ -205,8 +234,8 @@ uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const
 	for (uint32_t i = 0; i < d->ngroups_cap && !g; i++)
 		if (d->groups[i] && d->groups[i]->uid == c->uid && strcmp(d->groups[i]->name, name) == 0)
 			g = d->groups[i];
-	if (g && (g->dev != (uint64_t)st.st_dev || g->ino != (uint64_t)st.st_ino))
-		return EXDEV; /* a group is one file */
+	if (g && !same_file(g, r->fd, &st))
+		return EXDEV; /* a group is one open file */
 	if (g && g->interest != r->interest)
 		return EINVAL;
 	bool created = !g;

@@ -101,7 +101,7 @@ struct rdd {
 	int listen_fds[RDD_LISTEN_MAX];
 	unsigned nlisten;
 	int timer_fd;         /* sd_notify STATUS= and WATCHDOG=1, only under systemd */
-	int hs_timer_fd;      /* handshake deadlines; made at the first connection */
+	int hs_timer_fd;      /* handshake deadlines; one-shot, made at start */
 	bool hs_armed;
 	uint64_t watchdog_usec;
 	uint64_t last_status_usec;

@@ -94,6 +94,9 @@ int rdd_reload(struct rdd *d, char *err, size_t errlen)
 			log_warning("reload: a new socket path takes a restart; still serving the old one");
 		rdd_config_apply(d, &cfg);
 		rdd_config_fini(&cfg);
+		/* A new handshake timeout applies to the connections waiting now, too. */
+		if (d->hs_timer_fd >= 0)
+			rdd_handshake_expire(d);
 		log_notice("reloaded %s: %u registrations per client, %u clients per uid, fd limit %u",
 			   d->config_path, d->lim.regs_per_client, d->lim.clients_per_uid, d->lim.max_fds);
 	}

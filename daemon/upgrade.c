@@ -81,13 +81,14 @@ static json_t *client_state(struct rdd *d, struct rdd_client *c)
 		if (!a || json_array_append_new(regs, a) < 0)
 			goto fail;
 	}
-	json_t *o = json_pack("{s:i, s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:I, s:s, s:o, s:b, s:b, s:i}",
+	json_t *o = json_pack("{s:i, s:I, s:I, s:I, s:I, s:s, s:b, s:I, s:I, s:s, s:o, s:b, s:b, s:i, s:b}",
 			      "fd", c->fd,
 			      "id", (json_int_t)c->id, "pid", (json_int_t)c->pid, "uid",
 			      (json_int_t)c->uid, "gid", (json_int_t)c->gid, "comm", c->comm, "hello",
 			      c->hello_done, "since", (json_int_t)c->connected_usec, "delivered",
 			      (json_int_t)c->events_delivered, "out", hex, "regs", regs, "stored",
-			      c->stored, "resyncing", c->resyncing, "features", (int)c->features);
+			      c->stored, "resyncing", c->resyncing, "features", (int)c->features,
+			      "kicked", c->kicked);
 	free(hex);
 	return o;
 fail:
@@ -318,6 +319,7 @@ static int restore_client(struct rdd *d, json_t *o, json_int_t reply_client, jso
 	c->stored = json_is_true(json_object_get(o, "stored"));
 	c->resyncing = json_is_true(json_object_get(o, "resyncing"));
 	c->features = (uint32_t)get_int(o, "features");
+	c->kicked = json_is_true(json_object_get(o, "kicked"));
 	/* A connection that still owes its HELLO gets a fresh handshake deadline. */
 	if (!c->hello_done)
 		rdd_handshake_start(d, c);

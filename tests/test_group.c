@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -209,6 +210,18 @@ static void test_join_errors(void **state)
 	assert_int_equal(rd_add(c, l, 4, RD_READABLE | RD_WRITABLE, RD_ONESHOT), 0);
 	assert_int_equal(rd_join(c, 4, "g"), -EINVAL); /* not the group's interest */
 	assert_int_equal(rd_join(c, 3, "other"), 0);
+	/* Names are printable ASCII; two eventfds are two files, though they share an
+	 * anonymous inode. */
+	assert_int_equal(rd_add(c, l2, 5, RD_READABLE, RD_ONESHOT), 0);
+	assert_int_equal(rd_join(c, 5, "has space"), -EINVAL);
+	assert_int_equal(rd_join(c, 5, "bad\xff"), -EINVAL);
+	int e1 = eventfd(0, EFD_CLOEXEC), e2 = eventfd(0, EFD_CLOEXEC);
+	assert_int_equal(rd_add(c, e1, 6, RD_READABLE, RD_ONESHOT), 0);
+	assert_int_equal(rd_add(c, e2, 7, RD_READABLE, RD_ONESHOT), 0);
+	assert_int_equal(rd_join(c, 6, "ev"), 0);
+	assert_int_equal(rd_join(c, 7, "ev"), -EXDEV);
+	close(e1);
+	close(e2);
 	rd_close(c);
 	close(l);
 	close(l2);
