@@ -202,8 +202,8 @@ static int show_registrations(long long id, int *header)
 			return rc;
 		if (!json_out) {
 			if (!*header) {
-				printf("%6s %20s %-12s %-24s %-8s %-28s %10s\n", "CLIENT", "TOKEN",
-				       "FD TYPE", "INTEREST", "MODE", "PENDING", "TICK");
+				printf("%6s %20s %-12s %-24s %-8s %-28s %10s  %s\n", "CLIENT", "TOKEN",
+				       "FD TYPE", "INTEREST", "MODE", "PENDING", "TICK", "GROUP");
 				*header = 1;
 			}
 			size_t i;
@@ -221,7 +221,8 @@ static int show_registrations(long long id, int *header)
 				}
 				printf(" %-24s %-8s", in, json_string_value(json_object_get(r, "mode")));
 				print_bits(json_object_get(r, "pending"));
-				printf(" %10lld\n", num(r, "tick"));
+				const char *grp = json_string_value(json_object_get(r, "group"));
+				printf(" %10lld  %s\n", num(r, "tick"), grp ? grp : "-");
 			}
 		}
 		json_t *next = json_object_get(j, "next_offset");
