@@ -247,12 +247,14 @@ $(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
 # and builds them.
 EXTRA_EXAMPLES := $(B)/bin/sandboxed-worker $(B)/bin/libuv-client $(B)/bin/libevent-client
 $(B)/bin/sandboxed-worker $(B)/obj/examples/sandboxed-worker.o: EXAMPLE_PKG := libseccomp
+# The event-loop examples share their workload.
+$(B)/bin/libuv-client $(B)/bin/libevent-client: $(B)/obj/examples/pairgame.o
 $(B)/bin/libuv-client $(B)/obj/examples/libuv-client.o: EXAMPLE_PKG := libuv
 $(B)/bin/libevent-client $(B)/obj/examples/libevent-client.o: EXAMPLE_PKG := libevent
 $(EXTRA_EXAMPLES:$(B)/bin/%=$(B)/obj/examples/%.o): PKG_CFLAGS = $(shell pkg-config --cflags $(EXAMPLE_PKG))
 $(EXTRA_EXAMPLES): $(B)/bin/%: $(B)/obj/examples/%.o $(B)/lib/libreadyd.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs $(EXAMPLE_PKG))
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.o,$^) $(filter %.a,$^) $(shell pkg-config --libs $(EXAMPLE_PKG))
 
 .PHONY: deps-examples examples-extra
 examples-extra: deps-examples
