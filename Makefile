@@ -62,7 +62,7 @@ EXAMPLES := $(B)/bin/echo-server $(B)/bin/prefork-server
 UNIT_TESTS := $(B)/tests/test-codec $(B)/tests/test-registry
 INT_TESTS  := $(B)/tests/test-daemon $(B)/tests/test-hostile $(B)/tests/test-systemd $(B)/tests/test-upgrade \
               $(B)/tests/test-readyctl $(B)/tests/test-recovery $(B)/tests/test-group \
-              $(B)/tests/test-limits $(B)/tests/test-prefork
+              $(B)/tests/test-limits $(B)/tests/test-prefork $(B)/tests/test-hostile2
 TEST_BINS  := $(UNIT_TESTS) $(INT_TESTS)
 
 .PHONY: all deps deps-test run check check-unit check-integration check-lib check-man check-units check-faults check-systemd tests clean \
