@@ -1,10 +1,11 @@
 /* Hostile clients, part two: well-formed requests with hostile fds (epoll instances and an
  * epoll cycle, a socket with fds in flight, one open file twice, an fd that is always
  * ready, O_NONBLOCK flipped under the daemon), a SIGSTOPped client, a client touching
- * another's tokens, and a connection handed to another process. Each test checks that
- * only the offender is affected, that the daemon's fd count and RSS come back, and that
- * a bystander connected before the hostile action is still served (an event for its
- * pipe, and replies). Malformed frames and limits are tests/test_hostile.c's. */
+ * another's tokens, a connection handed to another process, and configs that do not
+ * parse, at start and on SIGHUP. Each test checks that only the offender is affected,
+ * that the daemon's fd count and RSS come back, and that a bystander connected before
+ * the hostile action is still served (an event for its pipe, and replies). Malformed
+ * frames and limits are tests/test_hostile.c's. */
 #include "harness.h"
 
 #include <dirent.h>
@@ -1250,6 +1251,219 @@ static void test_connection_handed_over(void **state)
 	finish(fx);
 }
 
+/* ---- configs that do not parse */
+
+static const char *readyd_bin(void)
+{
+	const char *bin = getenv("READYD_BIN");
+	return bin ? bin : "build/bin/readyd";
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "we");
+	assert_non_null(f);
+	assert_true(fputs(text, f) >= 0);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* Run readyd with --config cfg on socket sock until it exits (bounded); its stderr into
+ * err. Returns its exit status. */
+static int run_with_config(const char *cfg, const char *sock, char *err, size_t cap)
+{
+	int pe[2];
+	assert_int_equal(pipe2(pe, O_CLOEXEC), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pe[1], STDERR_FILENO);
+		for (int fd = 3; fd < 1024; fd++)
+			close(fd);
+		execl(readyd_bin(), readyd_bin(), "--socket", sock, "--config", cfg, "--log-level",
+		      "warning", (char *)NULL);
+		_exit(127);
+	}
+	close(pe[1]);
+	size_t len = 0;
+	for (;;) {
+		struct pollfd p = { .fd = pe[0], .events = POLLIN };
+		if (poll(&p, 1, WAIT_MS) != 1)
+			break;
+		ssize_t n = read(pe[0], err + len, cap - 1 - len);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		if (len == cap - 1)
+			break;
+	}
+	err[len] = '\0';
+	close(pe[0]);
+	int st = 0;
+	pid_t w = 0;
+	for (int i = 0; i < WAIT_MS / 10 && w == 0; i++) {
+		w = waitpid(pid, &st, WNOHANG);
+		if (w == 0)
+			nap_ms(10);
+	}
+	if (w != pid) {
+		kill(pid, SIGKILL);
+		(void)waitpid(pid, &st, 0);
+		fail_msg("readyd did not exit within %d ms with config %s", WAIT_MS, cfg);
+	}
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* '{"limits": ' then 'open' 'depth' times, a 1, 'close' as many times, then '}'. */
+static char *nested(const char *open, const char *close_, int depth)
+{
+	size_t ol = strlen(open), cl = strlen(close_);
+	char *s = malloc(32 + (ol + cl) * (size_t)depth);
+	assert_non_null(s);
+	char *w = s + sprintf(s, "{\"limits\": ");
+	for (int i = 0; i < depth; i++, w += ol)
+		memcpy(w, open, ol);
+	*w++ = '1';
+	for (int i = 0; i < depth; i++, w += cl)
+		memcpy(w, close_, cl);
+	strcpy(w, "}\n");
+	return s;
+}
+
+/* How many times 'needle' occurs in the file at path. */
+static int count_in_file(const char *path, const char *needle)
+{
+	char buf[65536];
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	int k = 0;
+	for (const char *p = buf; (p = strstr(p, needle)); p += strlen(needle))
+		k++;
+	return k;
+}
+
+/* A config that is not JSON, has a duplicate key, or nests 10,000 deep: readyd does not
+ * start (exit 1, one line naming the file, the line and column, and what is wrong, and no
+ * socket). Loaded again on SIGHUP, the same files leave the running daemon as it was: it
+ * says why, keeps its limits and serves its clients; a good file then applies. */
+static void test_bad_config(void **state)
+{
+	struct fixture *fx = *state;
+	char dir[] = "/tmp/readyd-badcfg-XXXXXX", cfg[96], sock[96], log[96], err[4096];
+	struct {
+		const char *what;
+		char *text;
+		const char *says;
+	} bad[] = {
+		{ "bad JSON", strdup("{\"limits\": {\"registrations_per_client\": 9,}}\n"),
+		  "line 1, column" },
+		{ "bad JSON", strdup("{\"limits\": {\"registrations_per_client\" 9}}\n"),
+		  "line 1, column" },
+		{ "duplicate key", strdup("{\"limits\": {\"registrations_per_client\": 9,\n"
+					  "            \"registrations_per_client\": 10}}\n"),
+		  "duplicate object key" },
+		{ "duplicate key",
+		  strdup("{\"policy\": {\"allow_uids\": [0]}, \"policy\": {\"allow_uids\": [1]}}\n"),
+		  "duplicate object key" },
+		{ "10,000 arrays deep", nested("[", "]", 10000), "maximum parsing depth" },
+		{ "10,000 objects deep", nested("{\"a\":", "}", 10000), "maximum parsing depth" },
+	};
+	enum { NBAD = sizeof(bad) / sizeof(bad[0]) };
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(cfg, sizeof(cfg), "%s/readyd.json", dir);
+	snprintf(sock, sizeof(sock), "%s/readyd.sock", dir);
+	snprintf(log, sizeof(log), "%s/stderr", dir);
+
+	/* At start. */
+	for (int i = 0; i < NBAD; i++) {
+		assert_non_null(bad[i].text);
+		write_file(cfg, bad[i].text);
+		int st = run_with_config(cfg, sock, err, sizeof(err));
+		if (st != 1)
+			fail_msg("%s: readyd exited %d, not 1 (stderr: %s)", bad[i].what, st, err);
+		char prefix[160];
+		snprintf(prefix, sizeof(prefix), "readyd: %s: line ", cfg);
+		if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, bad[i].says) ||
+		    strchr(err, '\n') != err + strlen(err) - 1)
+			fail_msg("%s: expected one line \"%s...%s...\", got \"%s\"", bad[i].what,
+				 prefix, bad[i].says, err);
+		struct stat sst;
+		assert_int_equal(stat(sock, &sst), -1);
+	}
+	unlink(cfg);
+
+	/* On SIGHUP: a daemon of its own, its stderr in a file. */
+	int saved = dup(STDERR_FILENO);
+	int logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	assert_true(saved >= 0 && logfd >= 0);
+	assert_int_equal(dup2(logfd, STDERR_FILENO), STDERR_FILENO);
+	int r = rdt_daemon_start(&fx->extra, "{\"limits\": {\"registrations_per_client\": 7}}");
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	close(logfd);
+	assert_int_equal(r, 0);
+	int idle = daemon_settle(&fx->extra);
+	assert_true(idle > 0);
+	bystander_open(&fx->by_extra, fx->extra.sock);
+	rd_client *c;
+	assert_int_equal(rd_open(&c, fx->extra.sock), 0);
+	json_t *j = control(c, "{\"command\":\"limits\"}");
+	assert_int_equal(json_int_of(j, "registrations_per_client"), 7);
+	json_decref(j);
+
+	const char *kept = "keeping the running configuration";
+	for (int i = 0; i < NBAD; i++) {
+		write_file(fx->extra.config, bad[i].text);
+		assert_int_equal(kill(fx->extra.pid, SIGHUP), 0);
+		/* Wait (bounded) until the daemon has said why it kept the old one. */
+		int n = 0;
+		for (int k = 0; k < WAIT_MS / 10 && (n = count_in_file(log, kept)) < i + 1; k++)
+			nap_ms(10);
+		if (n != i + 1)
+			fail_msg("%s: the daemon said \"%s\" %d times after %d reloads", bad[i].what,
+				 kept, n, i + 1);
+		assert_true(count_in_file(log, bad[i].says) >= 1);
+		assert_int_equal(kill(fx->extra.pid, 0), 0);
+		j = control(c, "{\"command\":\"limits\"}");
+		assert_int_equal(json_int_of(j, "registrations_per_client"), 7);
+		json_decref(j);
+		bystander_check(&fx->by_extra);
+	}
+	/* Through the control plane too: an error that says why, and the old limits. */
+	j = control(fx->by_extra.c, "{\"command\":\"reload\"}");
+	assert_false(json_is_true(json_object_get(j, "ok")));
+	assert_non_null(strstr(json_string_value(json_object_get(j, "error")),
+			       bad[NBAD - 1].says));
+	json_decref(j);
+
+	/* A good file applies: the reloads above were read, and refused. */
+	write_file(fx->extra.config, "{\"limits\": {\"registrations_per_client\": 9}}");
+	assert_int_equal(kill(fx->extra.pid, SIGHUP), 0);
+	json_int_t now = 0;
+	for (int k = 0; k < WAIT_MS / 10 && now != 9; k++) {
+		j = control(c, "{\"command\":\"limits\"}");
+		now = json_int_of(j, "registrations_per_client");
+		json_decref(j);
+		if (now != 9)
+			nap_ms(10);
+	}
+	assert_int_equal(now, 9);
+	rd_close(c);
+	bystander_check(&fx->by_extra);
+
+	extra_stop(fx, idle);
+	unlink(log);
+	rmdir(dir);
+	for (int i = 0; i < NBAD; i++)
+		free(bad[i].text);
+	finish(fx);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -1263,6 +1477,7 @@ int main(void)
 		T(test_sigstopped_client),
 		T(test_other_clients_tokens),
 		T(test_connection_handed_over),
+		T(test_bad_config),
 	};
 	int failed = cmocka_run_group_tests_name("hostile2", tests, group_setup, group_teardown);
 	return failed + (g_daemon_exit != 0);
