@@ -84,11 +84,11 @@ fi
 #    registration (the echo server registers its listening socket).
 "$build/bin/echo-server" --socket "$sock" --port 0 > "$HOME/echo.out" &
 echo_pid=$!
-if wait_for 50 status_has "Serving 1 client, 1 registration" &&
+if wait_for 150 status_has "Serving 1 client, 1 registration" &&
 	systemctl --user status readyd.service --no-pager | grep -q 'Status: "Serving 1 client'; then
 	ok "READY=1 and STATUS= in systemctl --user status"
 else
-	notok "status text: '$(prop StatusText)'"
+	notok "status text: '$(prop StatusText)'; echo-server said: $(cat "$HOME/echo.out")"
 fi
 kill "$echo_pid"; wait "$echo_pid" 2>/dev/null
 
