@@ -1,11 +1,11 @@
 /* Hostile clients, part two: well-formed requests with hostile fds (epoll instances and an
- * epoll cycle, a socket with fds in flight, one open file twice, an fd that is always
- * ready, O_NONBLOCK flipped under the daemon), a SIGSTOPped client, a client touching
- * another's tokens, a connection handed to another process, and configs that do not
- * parse, at start and on SIGHUP. Each test checks that only the offender is affected,
- * that the daemon's fd count and RSS come back, and that a bystander connected before
- * the hostile action is still served (an event for its pipe, and replies). Malformed
- * frames and limits are tests/test_hostile.c's. */
+ * epoll cycle, the client's own connection, a socket with fds in flight, one open file
+ * twice, an fd that is always ready, O_NONBLOCK flipped under the daemon), a SIGSTOPped
+ * client, a client touching another's tokens, a connection handed to another process,
+ * and configs that do not parse, at start and on SIGHUP. Each test checks that only the
+ * offender is affected, that the daemon's fd count and RSS come back, and that a
+ * bystander connected before the hostile action is still served (an event for its pipe,
+ * and replies). Malformed frames and limits are tests/test_hostile.c's. */
 #include "harness.h"
 
 #include <dirent.h>
@@ -589,6 +589,84 @@ static void test_epoll_fd_and_cycle(void **state)
 	close(q[0]);
 	close(q[1]);
 	assert_int_equal(rdt_wait_fds(g_daemon.pid, base), base);
+	finish(fx);
+}
+
+/* ---- the client's own connection */
+
+/* The daemon must not end up holding a client's connection open itself. Registering the
+ * client's own end (or another client's) gives the daemon a copy of it, so when the
+ * client closes its connection the daemon never sees the hang-up: the connection and
+ * its registrations would stay for the daemon's life, counted against the uid's
+ * connections. Either the daemon refuses such an entry (with an errno), or it lets the
+ * connection go when the client closes it. In between, the client keeps working, and
+ * the daemon does not spin on the events it sends making the connection readable. Its
+ * own daemon, so a leak does not outlive this test. */
+static void test_own_connection_registered(void **state)
+{
+	struct fixture *fx = *state;
+	rd_client *c, *a, *b;
+	int p[2];
+
+	int idle = extra_start(fx, NULL);
+	pid_t dpid = fx->extra.pid;
+	int base = rdt_count_fds(dpid);
+	assert_int_equal(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+
+	assert_int_equal(rd_open(&c, fx->extra.sock), 0);
+	assert_int_equal(rdt_wait_fds(dpid, base + 1), base + 1);
+	int r = rd_add(c, rd_fd(c), 1, RD_READABLE, RD_EDGE);
+	print_message("own connection registered: %s\n", r == 0 ? "allowed" : strerror(-r));
+	assert_true(r <= 0 && r > -4096);
+	/* The client still works: a pipe reports, and the control plane answers. */
+	assert_int_equal(rd_add(c, p[0], 2, RD_READABLE, RD_EDGE), 0);
+	assert_int_equal(write(p[1], "x", 1), 1);
+	assert_true(wait_token(c, 2) & RD_READABLE);
+	json_t *self = client_self(c);
+	assert_int_equal(json_int_of(self, "registrations"), r == 0 ? 2 : 1);
+	json_decref(self);
+	bystander_check(&fx->by_extra);
+	if (r == 0) {
+		/* Each EVENTS message makes the registered connection readable again; with
+		 * the client not reading, that stops when its socket buffer is full. */
+		assert_daemon_idle(dpid, "own connection registered, client not reading");
+		/* Deleting it undoes it. */
+		assert_int_equal(rd_delete(c, 1), 0);
+		assert_int_equal(rdt_wait_fds(dpid, base + 2), base + 2);
+		assert_int_equal(rd_add(c, rd_fd(c), 1, RD_READABLE, RD_ONESHOT), 0);
+	}
+	/* The client closes its connection with the registration in place. */
+	rd_close(c);
+	int self_left = rdt_wait_fds(dpid, base) - base;
+
+	/* Two clients, each registering the other's connection, then both closing. */
+	int base2 = rdt_count_fds(dpid);
+	assert_int_equal(rd_open(&a, fx->extra.sock), 0);
+	assert_int_equal(rd_open(&b, fx->extra.sock), 0);
+	int ra = rd_add(a, rd_fd(b), 1, RD_READABLE, RD_EDGE);
+	int rb = rd_add(b, rd_fd(a), 1, RD_READABLE, RD_EDGE);
+	assert_true(ra <= 0 && ra > -4096 && rb <= 0 && rb > -4096);
+	assert_int_equal(rd_add(a, p[0], 2, RD_READABLE, RD_EDGE), 0);
+	drain(p[0]);
+	assert_int_equal(write(p[1], "x", 1), 1);
+	assert_true(wait_token(a, 2) & RD_READABLE);
+	rd_close(a);
+	rd_close(b);
+	int mutual_left = rdt_wait_fds(dpid, base2) - base2;
+	bystander_check(&fx->by_extra);
+
+	if (self_left != 0 || mutual_left != 0)
+		fail_msg("connections registered with the daemon outlive their clients: a client "
+			 "that registered its own connection and closed it left %d fds in the "
+			 "daemon; two that registered each other's and closed left %d. The "
+			 "daemon holds the clients' ends, so it never sees the hang-up, and the "
+			 "connections stay for its life",
+			 self_left, mutual_left);
+
+	close(p[0]);
+	close(p[1]);
+	bystander_check(&fx->by_extra);
+	extra_stop(fx, idle);
 	finish(fx);
 }
 
@@ -1470,6 +1548,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		T(test_epoll_fd_and_cycle),
+		T(test_own_connection_registered),
 		T(test_socket_with_fds_in_flight),
 		T(test_same_file_twice),
 		T(test_always_ready_no_busy_loop),
