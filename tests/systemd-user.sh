@@ -45,10 +45,11 @@ mkdir -p "$units/readyd.service.d"
 for u in readyd.socket readyd.service; do
 	sed "s|/usr/sbin/readyd|$build/bin/readyd|" "$here/systemd/user/$u" > "$units/$u"
 done
-# The tests shorten the watchdog so a stall is noticed quickly, and give readyd a
-# config file of their own (the host's /etc is not ours to write).
+# The tests restart quickly, and give readyd a config file of their own (the host's
+# /etc is not ours to write).
 printf '{"limits": {"registrations_per_client": 4096}}\n' > "$HOME/readyd.json"
-printf '[Service]\nWatchdogSec=1s\nRestartSec=100ms\nExecStart=\nExecStart=%s --config %s\n' \
+# The unit's own 10 s watchdog: a loaded machine (CI) must not trip it by accident.
+printf '[Service]\nRestartSec=100ms\nExecStart=\nExecStart=%s --config %s\n' \
 	"$build/bin/readyd" "$HOME/readyd.json" > "$units/readyd.service.d/test.conf"
 
 sdbin=$(command -v systemd || echo /lib/systemd/systemd)
@@ -95,8 +96,10 @@ kill "$echo_pid"; wait "$echo_pid" 2>/dev/null
 # 3. A stalled loop misses its keep-alive: the watchdog kills readyd and systemd starts
 #    it again, and the socket keeps serving.
 old=$(prop MainPID)
-kill -STOP "$old"
-if wait_for 100 replaced "$old" &&
+# Never "kill 0" (the whole process group, this script included): a real pid or nothing.
+case $old in ''|0|1|*[!0-9]*) old= ;; esac
+[ -n "$old" ] && kill -STOP "$old"
+if [ -n "$old" ] && wait_for 400 replaced "$old" &&
 	wait_for 50 "$build/bin/readyctl" --socket "$sock" status &&
 	[ "$(prop NRestarts)" -ge 1 ]; then
 	ok "watchdog restarts a stalled daemon (pid $old -> $(prop MainPID))"
@@ -104,7 +107,7 @@ else
 	notok "watchdog restart (MainPID $(prop MainPID), was $old, NRestarts $(prop NRestarts))"
 	systemctl --user status readyd.service --no-pager | tail -5
 fi
-kill -9 "$old" 2>/dev/null
+[ -n "$old" ] && kill -9 "$old" 2>/dev/null
 
 # 4. A config reload with a broken file: systemctl reload goes through, readyd stays up
 #    on the old configuration; a good file then applies.
@@ -156,12 +159,18 @@ if [ "$verdict" = "ok clients=50 regs=100 reconnected=0" ] && [ "$(prop MainPID)
 	ok "live upgrade under load: zero disconnects, pid $pid kept"
 else
 	notok "live upgrade under load: $verdict; $(cat "$HOME/upgrade.out"); MainPID $(prop MainPID) was $pid"
+	grep -i "readyd" "$HOME/manager.log" | tail -15
 fi
 
 # 6. kill -9 under load: systemd restarts readyd, which adopts the stored connections and
 #    has every client resync; no client reconnects, every registration is live again,
 #    every fd made ready during the outage is reported.
-do_kill() { kill -9 "$(prop MainPID)"; } # the writes follow within the 100 ms restart delay
+do_kill() { # the writes follow within the 100 ms restart delay
+	local p
+	p=$(prop MainPID)
+	case $p in ''|0|1|*[!0-9]*) return ;; esac
+	kill -9 "$p"
+}
 verdict=$(load_run crash do_kill)
 if [ "$verdict" = "ok clients=50 regs=100 reconnected=0" ] && [ "$(prop NRestarts)" -ge 2 ]; then
 	ok "kill -9 under load: every connection kept in the fd store, every registration back"
