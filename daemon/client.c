@@ -533,6 +533,10 @@ static uint32_t add_one(struct rdd *d, struct rdd_client *c, struct rdd_uid_coun
 		err = EMFILE;
 		goto out_close_fd;
 	}
+	if (rdd_is_own_connection(d, fd)) {
+		err = ELOOP; /* a connection to readyd watched by readyd never ends */
+		goto out_close_fd;
+	}
 	if (rdd_slab_alloc(&d->slab, &slot) < 0) {
 		err = ENOMEM;
 		goto out_close_fd;

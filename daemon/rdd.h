@@ -5,7 +5,9 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 
 #include "fault.h"
 #include "registry.h"
@@ -99,6 +101,8 @@ struct rdd {
 	int epfd;
 	int sigfd;
 	int listen_fds[RDD_LISTEN_MAX];
+	struct sockaddr_un listen_addr[RDD_LISTEN_MAX];
+	socklen_t listen_addr_len[RDD_LISTEN_MAX];
 	unsigned nlisten;
 	int timer_fd;         /* sd_notify STATUS= and WATCHDOG=1, only under systemd */
 	int hs_timer_fd;      /* handshake deadlines; one-shot, made at start */
@@ -191,6 +195,9 @@ int rdd_listen(struct rdd *d, const char *path);
 /* Take the sockets systemd passed (LISTEN_FDS). Returns how many, or -errno. */
 int rdd_listen_activated(struct rdd *d);
 void rdd_listen_resume(struct rdd *d);
+/* Is fd a client's end of a connection to one of our listeners? Registering it would
+ * keep that connection open forever (the daemon would hold its peer). */
+bool rdd_is_own_connection(const struct rdd *d, int fd);
 /* Serve an already listening socket (passed by systemd, or kept across an upgrade). */
 int rdd_listen_adopt(struct rdd *d, int fd);
 /* Block SIGTERM, SIGINT, SIGHUP and SIGUSR2 and take them through a signalfd in the loop. */

@@ -70,9 +70,28 @@ int rdd_listen_adopt(struct rdd *d, int fd)
 				  .data.u64 = rdd_data(RDD_TAG_LISTEN, 0, d->nlisten) };
 	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
 		return -errno;
+	/* Its address, to recognise a client's own connection offered as a registration. */
+	socklen_t len = sizeof(d->listen_addr[d->nlisten]);
+	if (getsockname(fd, (struct sockaddr *)&d->listen_addr[d->nlisten], &len) < 0)
+		len = 0;
+	d->listen_addr_len[d->nlisten] = len;
 	d->listen_fds[d->nlisten++] = fd;
 	d->nfds++;
 	return 0;
+}
+
+bool rdd_is_own_connection(const struct rdd *d, int fd)
+{
+	struct sockaddr_un peer;
+	socklen_t len = sizeof(peer);
+	/* One cheap syscall: anything but a socket answers ENOTSOCK at once. */
+	if (getpeername(fd, (struct sockaddr *)&peer, &len) < 0 || peer.sun_family != AF_UNIX)
+		return false;
+	for (unsigned i = 0; i < d->nlisten; i++)
+		if (d->listen_addr_len[i] == len && len > sizeof(sa_family_t) &&
+		    memcmp(&d->listen_addr[i], &peer, len) == 0)
+			return true;
+	return false;
 }
 
 int rdd_listen_activated(struct rdd *d)
