@@ -128,6 +128,7 @@ struct slot {
 struct stats {
 	uint64_t add, del, mod, rearm;  /* entries, single and batched */
 	uint64_t batches;               /* batched calls */
+	uint64_t reconnects;            /* rd_close with registrations, then rd_open */
 	uint64_t events, readable, writable;
 	uint64_t consumed;
 	uint64_t writes, steady_writes;
@@ -375,7 +376,10 @@ static int take_events(struct client *cl, int timeout_ms)
 	for (int i = 0; i < NSLOTS; i++)
 		if (cl->s[i].owe_read)
 			slot_read(cl, &cl->s[i]);
-	int n = rd_wait(cl->c, cl->ev, EVENTS_MAX, timeout_ms);
+	/* A small array now and then, so the library keeps the rest of a batch for the
+	 * next call, where the delete and modify calls in between must filter it. */
+	size_t max = pick(&cl->rng, 2) ? EVENTS_MAX : 1 + pick(&cl->rng, 3);
+	int n = rd_wait(cl->c, cl->ev, max, timeout_ms);
 	if (n < 0) {
 		call_failed(cl, "rd_wait", n);
 		return -1;
@@ -570,6 +574,24 @@ static int op_batch(struct client *cl, enum batch_kind b)
 	return 0;
 }
 
+static int watch_all(struct client *cl);
+
+/* Close the connection with its registrations and events in flight, and open another:
+ * the daemon drops them all at once. Tokens go on from where they were, so an event of
+ * the old connection would still be caught. Every slot is registered again at once. */
+static int op_reconnect(struct client *cl)
+{
+	rd_close(cl->c);
+	cl->c = NULL;
+	for (int i = 0; i < NSLOTS; i++)
+		cl->s[i].token = 0;
+	int r = rd_open(&cl->c, sock_path);
+	if (r < 0)
+		return call_failed(cl, "rd_open (reconnect)", r);
+	cl->st.reconnects++;
+	return watch_all(cl);
+}
+
 /* One step of churn: a call on a random churned slot, or now and then a batch; and the
  * re-arm of a steady oneshot slot whose event was taken. */
 static int churn_step(struct client *cl)
@@ -579,6 +601,8 @@ static int churn_step(struct client *cl)
 			op_rearm(cl, &cl->s[i]);
 	if (cl->dead)
 		return 0;
+	if (pick(&cl->rng, 4000) == 0)
+		return op_reconnect(cl);
 	unsigned r = pick(&cl->rng, 100);
 	if (r < 8)
 		return op_batch(cl, (enum batch_kind)pick(&cl->rng, 4));
@@ -852,6 +876,7 @@ static void sum_stats(struct stats *t)
 		t->mod += s->mod;
 		t->rearm += s->rearm;
 		t->batches += s->batches;
+		t->reconnects += s->reconnects;
 		t->events += s->events;
 		t->readable += s->readable;
 		t->writable += s->writable;
@@ -1034,6 +1059,8 @@ int main(int argc, char **argv)
 	printf("  delete       %llu\n", (unsigned long long)t.del);
 	printf("  modify       %llu\n", (unsigned long long)t.mod);
 	printf("  rearm        %llu\n", (unsigned long long)t.rearm);
+	printf("  reconnects   %llu (rd_close with every slot registered, rd_open)\n",
+	       (unsigned long long)t.reconnects);
 	printf("  calls/s      %.0f (entries; %llu batched calls among them)\n",
 	       (double)(t.add + t.del + t.mod + t.rearm) / cs_s, (unsigned long long)t.batches);
 	printf("  events       %llu (%llu readable, %llu writable), %.0f/s\n",
