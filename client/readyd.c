@@ -149,7 +149,7 @@ static int conn_lost(rd_client *c, int err)
 {
 	for (int i = 0; i < 64 && !c->dead; i++) {
 		struct rdp_rx rx;
-		int r = rdp_recv(c->fd, c->rx, sizeof(c->rx), &rx, true);
+		int r = rdp_recv_nofds(c->fd, c->rx, sizeof(c->rx), &rx, true);
 		if (r <= 0)
 			break;
 		r = take_msg(c, &rx);
@@ -193,7 +193,7 @@ static int recv_msg(rd_client *c, int timeout_ms)
 		return c->dead;
 	for (;;) {
 		/* Blocking receive when there is no timeout: no ppoll needed then. */
-		int r = rdp_recv(c->fd, c->rx, sizeof(c->rx), &rx, timeout_ms >= 0);
+		int r = rdp_recv_nofds(c->fd, c->rx, sizeof(c->rx), &rx, timeout_ms >= 0);
 		if (r == -EAGAIN) {
 			int left = -1;
 			if (timeout_ms == 0)

@@ -53,6 +53,24 @@ int rdp_recv(int sock, void *buf, size_t cap, struct rdp_rx *rx, bool nonblock)
 	return n == 0 && rx->nfds == 0 ? 0 : 1;
 }
 
+int rdp_recv_nofds(int sock, void *buf, size_t cap, struct rdp_rx *rx, bool nonblock)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = cap };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t n;
+
+	rx->nfds = 0;
+	do
+		n = recvmsg(sock, &mh, MSG_TRUNC | (nonblock ? MSG_DONTWAIT : 0));
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	rx->len = (size_t)n;
+	rx->truncated = (mh.msg_flags & MSG_TRUNC) != 0;
+	rx->ctruncated = (mh.msg_flags & MSG_CTRUNC) != 0;
+	return n == 0 ? 0 : 1;
+}
+
 int rdp_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds, bool nonblock)
 {
 	union cmsg_space cm;

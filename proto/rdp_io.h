@@ -22,6 +22,10 @@ struct rdp_rx {
  * waiting and 'nonblock'). fds arrive with MSG_CMSG_CLOEXEC. */
 int rdp_recv(int sock, void *buf, size_t cap, struct rdp_rx *rx, bool nonblock);
 
+/* The same for a peer that must send no fds (the daemon, to a client): no control
+ * buffer, so any fd sent anyway is closed by the kernel and shows as ctruncated. */
+int rdp_recv_nofds(int sock, void *buf, size_t cap, struct rdp_rx *rx, bool nonblock);
+
 /* Send one message with optional fds, MSG_NOSIGNAL, and MSG_DONTWAIT when 'nonblock'.
  * Returns 0 or -errno (-EAGAIN: nothing was sent, try again on EPOLLOUT). */
 int rdp_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds, bool nonblock);
