@@ -74,7 +74,7 @@ all: $(BINS) $(LIBS) $(EXAMPLES)
 deps: DEBS = $(BUILD_DEBS)
 deps-test: DEBS = $(TEST_DEBS)
 deps-examples: DEBS = $(BUILD_DEBS) $(EXAMPLE_DEBS)
-deps deps-test deps-examples:
+deps deps-test deps-examples deps-fuzz:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
@@ -93,7 +93,7 @@ run: deps
 
 check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-faults check-systemd check-bench check-install check-examples check-soak
+	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-faults check-systemd check-bench check-install check-examples check-soak check-fuzz
 
 tests: $(TEST_BINS) $(B)/tests/soak
 
@@ -336,6 +336,63 @@ bench-plot: $(B)/bin/readyd-bench $(B)/bin/readyd
 	$(BENCH_RUN) --only notify --plot-data $(B)/bench/notify-latency.dat
 	gnuplot -e "data='$(B)/bench/notify-latency.dat'; out='bench/notify-latency.png'" bench/notify-latency.gp
 	@echo "wrote bench/notify-latency.png"
+
+# ---- Fuzzing (tests/fuzz/README.md). libFuzzer harnesses, built by clang with ASan and
+# UBSan into $(FUZZ_B): the codec, the daemon's request handling over a real connection,
+# and the config parser. make fuzz runs each for FUZZ_SECONDS; check-fuzz (part of check)
+# replays the seed corpus and fuzzes FUZZ_SHORT seconds each. The same harnesses build
+# with any compiler as replay-* (a plain main over corpus files), for check-asan.
+FUZZ_DEBS    := clang libclang-rt-dev
+FUZZ_B       := $(B)-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_SHORT   ?= 10
+FUZZ_NAMES   := codec daemon config
+FUZZ_CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+                -fno-sanitize-recover=all
+FUZZ_BINS     = $(FUZZ_NAMES:%=$(B)/tests/fuzz-%)
+REPLAY_BINS   = $(FUZZ_NAMES:%=$(B)/tests/replay-%)
+FUZZ_DAEMON_OBJ = $(filter-out $(B)/obj/daemon/main.o,$(DAEMON_OBJ))
+FUZZ_MAKE     = $(MAKE) --no-print-directory B=$(FUZZ_B) CC=clang CFLAGS='$(FUZZ_CFLAGS)' LDFLAGS=
+
+.PHONY: deps-fuzz fuzz-build fuzz check-fuzz fuzz-corpus
+tests: $(REPLAY_BINS) $(B)/tests/fuzz-corpus-gen
+
+$(B)/tests/fuzz-codec $(B)/tests/replay-codec: $(B)/obj/tests/fuzz/fuzz_codec.o $(PROTO_OBJ)
+$(B)/tests/fuzz-daemon $(B)/tests/replay-daemon: $(B)/obj/tests/fuzz/fuzz_daemon.o $(FUZZ_DAEMON_OBJ) $(PROTO_OBJ)
+$(B)/tests/fuzz-config $(B)/tests/replay-config: $(B)/obj/tests/fuzz/fuzz_config.o $(FUZZ_DAEMON_OBJ) $(PROTO_OBJ)
+$(FUZZ_BINS):
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(PKG_LIBS)
+$(REPLAY_BINS): $(B)/obj/tests/fuzz/replay.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+# The seed corpus is generated, and checked in: make fuzz-corpus writes it again.
+$(B)/tests/fuzz-corpus-gen: $(B)/obj/tests/fuzz/corpus_gen.o $(B)/obj/proto/rdp.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^
+
+fuzz-corpus: $(B)/tests/fuzz-corpus-gen
+	rm -rf tests/fuzz/corpus
+	$(B)/tests/fuzz-corpus-gen tests/fuzz/corpus
+
+deps-fuzz: DEBS = $(FUZZ_DEBS)
+
+fuzz-build: deps-fuzz
+	@$(FUZZ_MAKE) $(FUZZ_NAMES:%=$(FUZZ_B)/tests/fuzz-%)
+
+# make fuzz [FUZZ_SECONDS=N]: the corpus grows in $(FUZZ_B)/fuzz/<harness>/corpus, from
+# one run to the next; a crash is kept in $(FUZZ_B)/fuzz/<harness>/crashes.
+fuzz: fuzz-build
+	@set -e; for h in $(FUZZ_NAMES); do \
+		tests/fuzz/run.sh $(FUZZ_B)/tests/fuzz-$$h tests/fuzz/corpus/$$h $(FUZZ_B)/fuzz/$$h $(FUZZ_SECONDS); \
+	done
+
+check-fuzz: fuzz-build
+	@set -e; for h in $(FUZZ_NAMES); do \
+		rm -rf $(FUZZ_B)/check/$$h; \
+		tests/fuzz/run.sh $(FUZZ_B)/tests/fuzz-$$h tests/fuzz/corpus/$$h $(FUZZ_B)/check/$$h $(FUZZ_SHORT); \
+	done
 
 clean:
 	rm -rf $(B)
