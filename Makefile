@@ -74,7 +74,7 @@ all: $(BINS) $(LIBS) $(EXAMPLES)
 deps: DEBS = $(BUILD_DEBS)
 deps-test: DEBS = $(TEST_DEBS)
 deps-examples: DEBS = $(BUILD_DEBS) $(EXAMPLE_DEBS)
-deps deps-test deps-examples deps-fuzz:
+deps deps-test deps-examples deps-fuzz deps-valgrind:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
@@ -393,6 +393,46 @@ check-fuzz: fuzz-build
 		rm -rf $(FUZZ_B)/check/$$h; \
 		tests/fuzz/run.sh $(FUZZ_B)/tests/fuzz-$$h tests/fuzz/corpus/$$h $(FUZZ_B)/check/$$h $(FUZZ_SHORT); \
 	done
+
+# ---- Sanitizers. check-asan builds the whole tree with ASan and UBSan ($(CC): gcc by
+# default, CC=clang for clang's stricter UBSan) into $(ASAN_B),
+# runs the unit, integration and allocation-failure tests there (the daemon and programs
+# they start are that build's too), then replays the fuzz corpus with the replay-*
+# harnesses. check-valgrind runs the integration tests with the daemon under memcheck
+# (tests/valgrind-readyd.sh): an error or a definite leak makes it exit 99, which fails
+# the test that stops it. The fd-count checks stay on (they compare counts taken after
+# the daemon started; valgrind's own fds do not change). Skipped: the test that needs the daemon's fd table to end at RLIMIT_NOFILE,
+# where valgrind keeps fds of its own, and the live-upgrade tests (*upgrade*), whose
+# upgraded daemon is the binary itself, no longer under valgrind.
+ASAN_B     := $(B)-asan
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+ASAN_ENV   := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+              UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+ASAN_MAKE   = $(MAKE) --no-print-directory B=$(ASAN_B) CFLAGS='$(ASAN_FLAGS)' \
+              LDFLAGS='-fsanitize=address,undefined'
+
+# The other programs the tests run, from build directory $(1).
+TEST_BIN_ENV = READYCTL_BIN=$(1)/bin/readyctl ECHO_BIN=$(1)/bin/echo-server PREFORK_BIN=$(1)/bin/prefork-server
+
+.PHONY: check-asan check-valgrind deps-valgrind
+deps-valgrind: DEBS = valgrind
+
+check-asan: deps-test
+	@$(ASAN_MAKE) all tests
+	@$(ASAN_ENV) $(call TEST_BIN_ENV,$(ASAN_B)) $(ASAN_MAKE) check-unit check-integration check-faults
+	@set -e; for h in $(FUZZ_NAMES); do $(ASAN_ENV) $(ASAN_B)/tests/replay-$$h tests/fuzz/corpus/$$h; done
+	@echo "check-asan: ok"
+
+check-valgrind: deps-valgrind $(INT_TESTS) $(BINS) $(EXAMPLES) $(B)/bin/prefork-server $(B)/tests/readyd-valgrind
+	@set -e; for t in $(INT_TESTS); do echo "== $$t (readyd under valgrind)"; \
+		case $$t in */test-hostile) skip=test_ctrunc_when_daemon_out_of_fd_slots;; *) skip='*upgrade*';; esac; \
+		READYD_BIN=$(B)/tests/readyd-valgrind $(call TEST_BIN_ENV,$(B)) READYD_TEST_SKIP="$$skip" $$t; done
+	@echo "check-valgrind: ok"
+
+$(B)/tests/readyd-valgrind: tests/valgrind-readyd.sh
+	@mkdir -p $(dir $@)
+	sed 's|@READYD@|$(abspath $(B)/bin/readyd)|' $< > $@
+	chmod +x $@
 
 clean:
 	rm -rf $(B)
