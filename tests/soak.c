@@ -52,6 +52,7 @@ enum violation {
 	V_UNKNOWN_TOKEN, /* a token this connection never added */
 	V_INTEREST,      /* readiness outside the interest in force */
 	V_ONESHOT,       /* a oneshot event while disarmed */
+	V_ONESHOT_EDGE,  /* the same, after a modify from edge to oneshot */
 	V_TICK,          /* tick 0, or not increasing */
 	V_BITS,          /* closed/error bits, or an empty event, on fds that are neither */
 	V_CALL,          /* a call failed that should not have */
@@ -69,6 +70,7 @@ static const char *const violation_name[V_COUNT] = {
 	[V_UNKNOWN_TOKEN] = "unknown token",
 	[V_INTEREST] = "event outside interest",
 	[V_ONESHOT] = "oneshot event while disarmed",
+	[V_ONESHOT_EDGE] = "2 events for 1 edge->oneshot modify",
 	[V_TICK] = "tick not increasing",
 	[V_BITS] = "unexpected ready bits",
 	[V_CALL] = "failed call",
@@ -117,6 +119,7 @@ struct slot {
 	uint32_t interest;
 	uint32_t flags;
 	int credit;         /* oneshot: events allowed before the next arm (0 or 1) */
+	bool from_edge;     /* modified from edge to oneshot since its add */
 	bool seen;          /* an event came since the add: last_tick is valid */
 	uint32_t last_tick;
 	bool owe_read;      /* a read stopped at READS_PER_EVENT: go on before waiting */
@@ -354,8 +357,8 @@ static void on_event(struct client *cl, const struct rd_event *e)
 	if (s->flags & RD_ONESHOT) {
 		if (s->credit == 0) {
 			describe(s, d, sizeof(d));
-			violation(V_ONESHOT, "client %d: ready %#x, tick %u; %s", cl->id, e->ready,
-				  e->tick, d);
+			violation(s->from_edge ? V_ONESHOT_EDGE : V_ONESHOT,
+				  "client %d: ready %#x, tick %u; %s", cl->id, e->ready, e->tick, d);
 		}
 		s->credit = 0;
 	}
@@ -422,12 +425,14 @@ static void model_add(struct slot *s, uint64_t token, uint32_t interest, uint32_
 	s->interest = interest;
 	s->flags = flags;
 	s->credit = flags & RD_ONESHOT ? 1 : 0;
+	s->from_edge = false;
 	s->seen = false;
 	s->last_tick = 0;
 }
 
 static void model_modify(struct slot *s, uint32_t interest, uint32_t flags)
 {
+	s->from_edge |= !(s->flags & RD_ONESHOT) && (flags & RD_ONESHOT);
 	s->interest = interest;
 	s->flags = flags;
 	s->credit = flags & RD_ONESHOT ? 1 : 0;
@@ -449,13 +454,18 @@ static bool can_rearm(const struct slot *s)
 	return s->token && (!(s->flags & RD_ONESHOT) || s->credit == 0);
 }
 
-/* The new mode of a modify: edge stays edge (an edge event already on its way would
- * spend a oneshot credit it does not own); oneshot stays oneshot or becomes edge. */
+/* The new mode of a modify: either mode becomes the other one time in four. From
+ * edge to oneshot, the modify is the oneshot's arm, so it allows one event, as any
+ * arm: libreadyd(3) promises "one event, then nothing until rd_rearm() or
+ * rd_modify()". An edge event already on its way when the modify is answered (held
+ * by the library, or pending in the daemon) spends that one event, and the oneshot's
+ * own event is then a second one: V_ONESHOT_EDGE, which counts every oneshot fault of
+ * a registration that was ever modified from edge to oneshot, so that V_ONESHOT keeps
+ * the others. */
 static uint32_t modify_flags(struct client *cl, const struct slot *s)
 {
-	if (!(s->flags & RD_ONESHOT))
-		return RD_EDGE;
-	return pick(&cl->rng, 4) == 0 ? RD_EDGE : RD_ONESHOT;
+	bool flip = pick(&cl->rng, 4) == 0;
+	return (s->flags & RD_ONESHOT) != flip ? RD_ONESHOT : RD_EDGE;
 }
 
 static int op_add(struct client *cl, struct slot *s)
