@@ -93,7 +93,7 @@ run: deps
 
 check: deps-test
 	@$(MAKE) --no-print-directory all tests
-	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-faults check-systemd check-bench check-install check-examples check-soak check-fuzz
+	@$(MAKE) --no-print-directory check-unit check-integration check-lib check-man check-units check-faults check-systemd check-bench check-install check-examples check-fuzz check-soak
 
 tests: $(TEST_BINS) $(B)/tests/soak
 
