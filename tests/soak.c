@@ -3,7 +3,8 @@
  * add, delete, modify and re-arm at full rate on their own pipes, eventfds and
  * socketpairs, while writer threads keep making those fds ready. Each client checks the
  * guarantees of libreadyd(3) on every event, and after each round a quiescent drain
- * checks that no wakeup was lost. Then a phase of connect/HELLO/close cycles. At the end
+ * checks that no wakeup was lost; now and then a client drops its connection, with its
+ * registrations, and opens another. Then a phase of connect/HELLO/close cycles. At the end
  * the daemon is back at its idle fd count, its RSS is flat, and it exits 0 on SIGTERM.
  * Prints a summary; exit status 0 only when no violation was seen. */
 #include <errno.h>
@@ -17,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -168,7 +168,7 @@ static pthread_barrier_t bar_start, bar_written, bar_end;
 static _Atomic unsigned long violations[V_COUNT];
 static _Atomic unsigned details;
 static pthread_mutex_t print_lock = PTHREAD_MUTEX_INITIALIZER;
-static int round_no;
+static _Atomic int round_no;
 static const char *sock_path;
 
 static long long now_ms(void)
