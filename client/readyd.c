@@ -710,46 +710,34 @@ static bool chunk_drop_bad_fds(struct rd_entry *e, struct chunk *ch)
 	return w < before;
 }
 
-struct tok_mask {
-	uint64_t token;
-	uint32_t mask; /* readiness still wanted: 0 after a delete */
-};
-
-static int cmp_tok(const void *a, const void *b)
+static int cmp_u64(const void *a, const void *b)
 {
-	uint64_t x = ((const struct tok_mask *)a)->token, y = ((const struct tok_mask *)b)->token;
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 	return x < y ? -1 : x > y;
 }
 
-/* Events received before a DEL or MOD reply may still wait in evq. Apply the change to
- * them, so that nothing for a deleted token is returned once rd_delete has returned, and
- * events after rd_modify follow the new interest (as the daemon does for its queue). */
-static int apply_to_queued(rd_client *c, uint16_t type, const struct rd_entry *e, size_t n)
+/* Events received before a DEL or MOD reply may still wait in evq: drop them. After a
+ * DEL nothing more comes for the token; after a MOD the daemon polls the fd again and
+ * reports what is ready under the new interest and mode, so what came before would only
+ * be delivered twice (a oneshot would see a stale event, then its real one). */
+static int drop_queued(rd_client *c, const struct rd_entry *e, size_t n)
 {
-	struct tok_mask *tm = malloc(n * sizeof(*tm));
+	uint64_t *tok = malloc(n * sizeof(*tok));
 	size_t nt = 0;
-	if (!tm)
+	if (!tok)
 		return fail(c, -ENOMEM);
 	for (size_t i = 0; i < n; i++)
 		if (e[i].status == 0)
-			tm[nt++] = (struct tok_mask){
-				.token = e[i].token,
-				.mask = type == RDP_MSG_DEL ? 0 : e[i].interest | RD_READ_CLOSED |
-									 RD_WRITE_CLOSED | RD_ERROR,
-			};
-	qsort(tm, nt, sizeof(*tm), cmp_tok);
+			tok[nt++] = e[i].token;
+	qsort(tok, nt, sizeof(*tok), cmp_u64);
 	size_t w = 0;
 	for (size_t i = 0; i < c->evq_len; i++) {
 		struct rd_event ev = c->evq[c->evq_head + i];
-		struct tok_mask key = { .token = ev.token };
-		const struct tok_mask *hit = bsearch(&key, tm, nt, sizeof(*tm), cmp_tok);
-		if (hit)
-			ev.ready &= hit->mask;
-		if (ev.ready)
+		if (!bsearch(&ev.token, tok, nt, sizeof(*tok), cmp_u64))
 			c->evq[c->evq_head + w++] = ev;
 	}
 	c->evq_len = w;
-	free(tm);
+	free(tok);
 	return 0;
 }
 
@@ -843,7 +831,7 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 		inflight--;
 	}
 	if ((type == RDP_MSG_DEL || type == RDP_MSG_MOD) && nok > 0 && c->evq_len > 0) {
-		int r = apply_to_queued(c, type, e, n);
+		int r = drop_queued(c, e, n);
 		if (r < 0)
 			return r;
 	}

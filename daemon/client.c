@@ -593,10 +593,11 @@ static uint32_t mod_one(struct rdd *d, struct rdd_client *c, const struct rdp_ad
 	r->interest = (uint8_t)e->interest;
 	r->flags = (uint8_t)e->flags;
 	r->state &= (uint8_t)~RDD_REG_DISARMED;
-	/* Readiness the new interest does not cover is not delivered after the reply. */
-	r->pending &= (uint8_t)(r->interest | READY_ALWAYS);
-	if (!r->pending)
-		rdd_queue_remove(&c->ready, &d->slab, slot);
+	/* EPOLL_CTL_MOD polls the fd again and reports what is ready now, under the new
+	 * interest and mode: readiness held from before is dropped, not delivered twice
+	 * (a oneshot would otherwise see a stale event and then its real one). */
+	r->pending = 0;
+	rdd_queue_remove(&c->ready, &d->slab, slot);
 	return 0;
 }
 

@@ -65,7 +65,10 @@ static json_t *client_state(struct rdd *d, struct rdd_client *c)
 	char *hex = malloc(outlen * 2 + 1);
 	if (!regs || !hex)
 		goto fail;
-	hex_encode(hex, c->out + c->out_off, outlen);
+	if (outlen)
+		hex_encode(hex, c->out + c->out_off, outlen);
+	else
+		hex[0] = '\0'; /* c->out may be NULL: nothing was ever queued */
 	for (uint32_t i = 0; c->map.slots && i <= c->map.mask; i++) {
 		uint32_t slot = c->map.slots[i];
 		if (slot == RDD_NIL)
