@@ -209,6 +209,10 @@ int rdd_upgrade(struct rdd *d, const char *binary, struct rdd_client *requester,
 		char *err, size_t errlen)
 {
 	int r;
+	if (!d->argv) {
+		snprintf(err, errlen, "the daemon's command line is unknown");
+		return -EINVAL;
+	}
 	if (!binary)
 		binary = d->exe_path;
 	if (!binary[0]) {
