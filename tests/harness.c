@@ -265,3 +265,33 @@ void rdt_fds_assert_back(const struct rdt_fds *s, pid_t daemon)
 	assert_int_equal(rdt_count_fds(getpid()), s->self);
 	assert_int_equal(rdt_wait_fds(daemon, s->daemon), s->daemon);
 }
+
+struct rdt_daemon rdt_suite;
+static struct rdt_fds suite_fds;
+
+int rdt_suite_setup(void **state)
+{
+	(void)state;
+	signal(SIGPIPE, SIG_IGN);
+	return rdt_daemon_start(&rdt_suite, NULL) == 0 ? 0 : -1;
+}
+
+int rdt_suite_teardown(void **state)
+{
+	(void)state;
+	return rdt_daemon_stop(&rdt_suite) == 0 ? 0 : -1;
+}
+
+int rdt_test_setup(void **state)
+{
+	(void)state;
+	rdt_fds_snapshot(&suite_fds, rdt_suite.pid);
+	return 0;
+}
+
+int rdt_test_teardown(void **state)
+{
+	(void)state;
+	rdt_fds_assert_back(&suite_fds, rdt_suite.pid);
+	return 0;
+}

@@ -55,4 +55,13 @@ struct rdt_fds {
 void rdt_fds_snapshot(struct rdt_fds *s, pid_t daemon);
 void rdt_fds_assert_back(const struct rdt_fds *s, pid_t daemon);
 
+/* One daemon per test program, fds checked around every test: the fixture most suites
+ * share. rdt_suite_setup/teardown go to cmocka_run_group_tests, rdt_test_setup/teardown
+ * to each test. */
+extern struct rdt_daemon rdt_suite;
+int rdt_suite_setup(void **state);
+int rdt_suite_teardown(void **state);
+int rdt_test_setup(void **state);
+int rdt_test_teardown(void **state);
+
 #endif

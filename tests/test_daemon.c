@@ -26,45 +26,16 @@
 #include "../proto/rdp.h"
 #include "harness.h"
 
-static struct rdt_daemon daemon_;
-static struct rdt_fds fds_;
 
 /* Long enough that a healthy daemon always answers first; only a bound on failure. */
 #define PATIENCE_MS 5000
 /* How long to look for an event that must not come. */
 #define QUIET_MS 200
 
-static int group_setup(void **state)
-{
-	(void)state;
-	signal(SIGPIPE, SIG_IGN);
-	return rdt_daemon_start(&daemon_, NULL) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-	(void)state;
-	return rdt_daemon_stop(&daemon_) == 0 ? 0 : -1;
-}
-
-static int setup(void **state)
-{
-	(void)state;
-	rdt_fds_snapshot(&fds_, daemon_.pid);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	rdt_fds_assert_back(&fds_, daemon_.pid);
-	return 0;
-}
-
 static rd_client *open_client(void)
 {
 	rd_client *c = NULL;
-	assert_int_equal(rd_open(&c, daemon_.sock), 0);
+	assert_int_equal(rd_open(&c, rdt_suite.sock), 0);
 	return c;
 }
 
@@ -346,7 +317,7 @@ static void test_no_event_after_delete(void **state)
 	}
 
 	/* Raw: ADD all, make them ready, DEL all in one request, then make them ready again. */
-	int s = rdt_connect(daemon_.sock);
+	int s = rdt_connect(rdt_suite.sock);
 	assert_true(s >= 0);
 	assert_int_equal(rdt_hello(s), 0);
 	struct rdp_add_entry e[N];
@@ -477,9 +448,9 @@ static void test_never_reading_client(void **state)
 		struct rd_event ev = next_event(busy);
 		assert_int_equal(ev.token, 77);
 		if (round == 4)
-			rss0 = rdt_rss_kib(daemon_.pid);
+			rss0 = rdt_rss_kib(rdt_suite.pid);
 	}
-	long rss1 = rdt_rss_kib(daemon_.pid);
+	long rss1 = rdt_rss_kib(rdt_suite.pid);
 	assert_true(rss0 > 0 && rss1 > 0);
 	/* 35 more rounds of 500 edges each: O(events) growth would be megabytes. */
 	if (rss1 - rss0 > 512)
@@ -578,7 +549,7 @@ static void test_control_status(void **state)
 	assert_int_equal(rd_control(c, "{\"command\":\"status\"}", &s), 0);
 	assert_non_null(strstr(s, "\"ok\":true"));
 	char pid[32];
-	snprintf(pid, sizeof(pid), "\"pid\":%d,", (int)daemon_.pid);
+	snprintf(pid, sizeof(pid), "\"pid\":%d,", (int)rdt_suite.pid);
 	assert_non_null(strstr(s, pid));
 	free(s);
 	assert_int_equal(rd_control(c, "{\"command\":\"nope\"}", &s), 0);
@@ -595,7 +566,7 @@ static void test_control_status(void **state)
 	/* readyctl status --json goes through the same control plane. */
 	char cmd[256];
 	snprintf(cmd, sizeof(cmd), "%s --socket %s status --json",
-		 getenv("READYCTL_BIN") ? getenv("READYCTL_BIN") : "build/bin/readyctl", daemon_.sock);
+		 getenv("READYCTL_BIN") ? getenv("READYCTL_BIN") : "build/bin/readyctl", rdt_suite.sock);
 	FILE *f = popen(cmd, "r");
 	assert_non_null(f);
 	char line[1024] = "";
@@ -613,7 +584,7 @@ static void test_stale_and_live_socket(void **state)
 	char cmd[512];
 
 	/* Live: a second daemon on our daemon's socket exits 1, and ours keeps serving. */
-	snprintf(cmd, sizeof(cmd), "%s --socket %s --log-level err 2>/dev/null", bin, daemon_.sock);
+	snprintf(cmd, sizeof(cmd), "%s --socket %s --log-level err 2>/dev/null", bin, rdt_suite.sock);
 	int st = system(cmd);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 1);
@@ -683,7 +654,7 @@ static void test_echo_example(void **state)
 		dup2(out[1], STDOUT_FILENO);
 		for (int fd = 3; fd < 1024; fd++)
 			close(fd);
-		execl(bin, bin, "--socket", daemon_.sock, "--port", "0", (char *)NULL);
+		execl(bin, bin, "--socket", rdt_suite.sock, "--port", "0", (char *)NULL);
 		_exit(127);
 	}
 	close(out[1]);
@@ -965,7 +936,7 @@ static void test_control_plane(void **state)
 
 	/* A client that is not reading has a backlog in the way: the ERROR still reaches it
 	 * after what it had not read, so it knows not to reconnect. */
-	int raw = rdt_connect(daemon_.sock);
+	int raw = rdt_connect(rdt_suite.sock);
 	assert_true(raw >= 0);
 	assert_int_equal(rdt_hello(raw), 0);
 	static uint8_t buf[RDP_MSG_MAX];
@@ -1028,7 +999,7 @@ static void test_control_plane_permissions(void **state)
 		skip();
 	struct rdt_daemon d2;
 	assert_int_equal(rdt_daemon_start(&d2, "{\"policy\": {\"allow_uids\": [0]}}"), 0);
-	assert_int_equal(chmod(daemon_.dir, 0755), 0);
+	assert_int_equal(chmod(rdt_suite.dir, 0755), 0);
 	assert_int_equal(chmod(d2.dir, 0755), 0);
 	rd_client *root = open_client();
 
@@ -1038,7 +1009,7 @@ static void test_control_plane_permissions(void **state)
 		if (setgid(65534) < 0 || setuid(65534) < 0)
 			_exit(10);
 		rd_client *c = NULL, *r = NULL;
-		if (rd_open(&c, daemon_.sock) < 0)
+		if (rd_open(&c, rdt_suite.sock) < 0)
 			_exit(11);
 		char *t = NULL;
 		if (rd_control(c, "{\"command\":\"clients\"}", &t) < 0 || strstr(t, "\"uid\":0,"))
@@ -1067,29 +1038,29 @@ static void test_control_plane_permissions(void **state)
 	free(t);
 	rd_close(root);
 	assert_int_equal(rdt_daemon_stop(&d2), 0);
-	assert_int_equal(chmod(daemon_.dir, 0700), 0);
+	assert_int_equal(chmod(rdt_suite.dir, 0700), 0);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_edge_pipe, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_edge_socketpair_and_eventfd, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_tcp_loopback, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_error_and_write_closed, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_oneshot, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_modify, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_no_event_after_delete, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_peer_eof_after_delete_or_disconnect, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_never_reading_client, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_many_clients, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_control_status, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stale_and_live_socket, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_echo_example, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_startup_errors_and_journal, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_fd_limit, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_control_plane, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_control_plane_permissions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_edge_pipe, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_edge_socketpair_and_eventfd, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_tcp_loopback, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_error_and_write_closed, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_oneshot, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_modify, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_no_event_after_delete, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_peer_eof_after_delete_or_disconnect, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_never_reading_client, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_many_clients, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_control_status, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_stale_and_live_socket, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_echo_example, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_startup_errors_and_journal, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_fd_limit, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_control_plane, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_control_plane_permissions, rdt_test_setup, rdt_test_teardown),
 	};
-	return cmocka_run_group_tests_name("readyd", tests, group_setup, group_teardown);
+	return cmocka_run_group_tests_name("readyd", tests, rdt_suite_setup, rdt_suite_teardown);
 }

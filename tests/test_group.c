@@ -21,35 +21,6 @@
 #define PATIENCE_MS 5000
 #define QUIET_MS 150
 
-static struct rdt_daemon daemon_;
-static struct rdt_fds fds_;
-
-static int group_setup(void **state)
-{
-	(void)state;
-	signal(SIGPIPE, SIG_IGN);
-	return rdt_daemon_start(&daemon_, NULL) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-	(void)state;
-	return rdt_daemon_stop(&daemon_) == 0 ? 0 : -1;
-}
-
-static int setup(void **state)
-{
-	(void)state;
-	rdt_fds_snapshot(&fds_, daemon_.pid);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	rdt_fds_assert_back(&fds_, daemon_.pid);
-	return 0;
-}
 
 static int listener(uint16_t *port)
 {
@@ -105,7 +76,7 @@ static void test_one_wakeup_per_connection(void **state)
 	int l = listener(&port);
 	rd_client *w[WORKERS];
 	for (int i = 0; i < WORKERS; i++) {
-		assert_int_equal(rd_open(&w[i], daemon_.sock), 0);
+		assert_int_equal(rd_open(&w[i], rdt_suite.sock), 0);
 		assert_int_equal(rd_add(w[i], l, 80, RD_READABLE, RD_ONESHOT), 0);
 		assert_int_equal(rd_join(w[i], 80, "web"), 0);
 	}
@@ -161,7 +132,7 @@ static void test_leaving_member_passes_wakeup(void **state)
 	int l = listener(&port);
 	rd_client *w[3];
 	for (int i = 0; i < 3; i++) {
-		assert_int_equal(rd_open(&w[i], daemon_.sock), 0);
+		assert_int_equal(rd_open(&w[i], rdt_suite.sock), 0);
 		assert_int_equal(rd_add(w[i], l, 80, RD_READABLE, RD_ONESHOT), 0);
 		assert_int_equal(rd_join(w[i], 80, "jobs"), 0);
 	}
@@ -195,7 +166,7 @@ static void test_join_errors(void **state)
 	uint16_t port, port2;
 	int l = listener(&port), l2 = listener(&port2);
 	rd_client *c;
-	assert_int_equal(rd_open(&c, daemon_.sock), 0);
+	assert_int_equal(rd_open(&c, rdt_suite.sock), 0);
 	assert_int_equal(rd_add(c, l, 1, RD_READABLE, RD_EDGE), 0);
 	assert_int_equal(rd_join(c, 1, "g"), -EINVAL);     /* members are oneshot */
 	assert_int_equal(rd_join(c, 99, "g"), -ENOENT);
@@ -235,7 +206,7 @@ static void test_group_survives_upgrade(void **state)
 	int l = listener(&port);
 	rd_client *w[2];
 	for (int i = 0; i < 2; i++) {
-		assert_int_equal(rd_open(&w[i], daemon_.sock), 0);
+		assert_int_equal(rd_open(&w[i], rdt_suite.sock), 0);
 		assert_int_equal(rd_add(w[i], l, 80, RD_READABLE, RD_ONESHOT), 0);
 		assert_int_equal(rd_join(w[i], 80, "up"), 0);
 	}
@@ -280,10 +251,10 @@ static void test_group_survives_upgrade(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_one_wakeup_per_connection, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_leaving_member_passes_wakeup, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_join_errors, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_group_survives_upgrade, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_one_wakeup_per_connection, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_leaving_member_passes_wakeup, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_join_errors, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_group_survives_upgrade, rdt_test_setup, rdt_test_teardown),
 	};
-	return cmocka_run_group_tests_name("group", tests, group_setup, group_teardown);
+	return cmocka_run_group_tests_name("group", tests, rdt_suite_setup, rdt_suite_teardown);
 }

@@ -22,40 +22,11 @@
 #define PATIENCE_MS 5000
 #define QUIET_MS 200
 
-static struct rdt_daemon daemon_;
-static struct rdt_fds fds_;
-
-static int group_setup(void **state)
-{
-	(void)state;
-	signal(SIGPIPE, SIG_IGN);
-	return rdt_daemon_start(&daemon_, NULL) == 0 ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-	(void)state;
-	return rdt_daemon_stop(&daemon_) == 0 ? 0 : -1;
-}
-
-static int setup(void **state)
-{
-	(void)state;
-	rdt_fds_snapshot(&fds_, daemon_.pid);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	rdt_fds_assert_back(&fds_, daemon_.pid);
-	return 0;
-}
 
 static rd_client *open_client(void)
 {
 	rd_client *c = NULL;
-	assert_int_equal(rd_open(&c, daemon_.sock), 0);
+	assert_int_equal(rd_open(&c, rdt_suite.sock), 0);
 	return c;
 }
 
@@ -89,7 +60,7 @@ static void test_upgrade_under_load(void **state)
 		}
 		assert_int_equal(rd_add_batch(cl[c], e, REGS), REGS);
 	}
-	int before = rdt_count_fds(daemon_.pid);
+	int before = rdt_count_fds(rdt_suite.pid);
 
 	/* The writer makes everything ready while the upgrade is in progress. */
 	pid_t writer = fork();
@@ -104,7 +75,7 @@ static void test_upgrade_under_load(void **state)
 	}
 	rd_client *ctl = open_client();
 	char want[32];
-	snprintf(want, sizeof(want), "\"pid\":%d", (int)daemon_.pid);
+	snprintf(want, sizeof(want), "\"pid\":%d", (int)rdt_suite.pid);
 	assert_true(answer_has(ctl, "{\"command\":\"upgrade\"}", "\"upgraded\":true"));
 	int ws;
 	assert_int_equal(waitpid(writer, &ws, 0), writer);
@@ -134,7 +105,7 @@ static void test_upgrade_under_load(void **state)
 	}
 	/* Everything the old process held is held once by the new one: 999 registrations,
 	 * 21 clients, and nothing else new (the state's memfd is closed). */
-	assert_int_equal(rdt_count_fds(daemon_.pid), before + 1 /* ctl */ - CLIENTS /* deleted */);
+	assert_int_equal(rdt_count_fds(rdt_suite.pid), before + 1 /* ctl */ - CLIENTS /* deleted */);
 	rd_close(ctl);
 	for (int c = 0; c < CLIENTS; c++) {
 		rd_close(cl[c]);
@@ -163,7 +134,7 @@ static void test_upgrade_keeps_modes_and_queue(void **state)
 	/* Ready before the upgrade, not read by the client until after it. */
 	assert_int_equal(write(r2[1], "c", 1), 1);
 
-	kill(daemon_.pid, SIGUSR2);
+	kill(rdt_suite.pid, SIGUSR2);
 	rd_client *ctl = open_client(); /* served by whichever process is up: no refusal */
 	assert_true(answer_has(ctl, "{\"command\":\"status\"}", "\"ok\":true"));
 
@@ -220,7 +191,7 @@ static void test_upgrade_binary_choice(void **state)
 	snprintf(req, sizeof(req), "{\"command\":\"upgrade\",\"binary\":\"%s\"}", copy);
 	assert_true(answer_has(c, req, "\"upgraded\":true"));
 	char exe[128], link[128] = "";
-	snprintf(exe, sizeof(exe), "/proc/%d/exe", (int)daemon_.pid);
+	snprintf(exe, sizeof(exe), "/proc/%d/exe", (int)rdt_suite.pid);
 	ssize_t l = readlink(exe, link, sizeof(link) - 1);
 	assert_true(l > 0);
 	link[l] = '\0';
@@ -255,21 +226,21 @@ static void test_readyctl_upgrade_and_reload(void **state)
 	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
 	assert_int_equal(rd_add(c, p[0], 4, RD_READABLE, 0), 0);
 
-	snprintf(cmd, sizeof(cmd), "%s --socket %s upgrade", ctl, daemon_.sock);
+	snprintf(cmd, sizeof(cmd), "%s --socket %s upgrade", ctl, rdt_suite.sock);
 	FILE *f = popen(cmd, "r");
 	assert_non_null(f);
 	assert_non_null(fgets(line, sizeof(line), f));
 	assert_int_equal(pclose(f), 0);
 	char want[64];
-	snprintf(want, sizeof(want), "pid %d", (int)daemon_.pid);
+	snprintf(want, sizeof(want), "pid %d", (int)rdt_suite.pid);
 	assert_non_null(strstr(line, want));
 
 	snprintf(cmd, sizeof(cmd), "%s --socket %s upgrade --binary /bin/true 2>/dev/null", ctl,
-		 daemon_.sock);
+		 rdt_suite.sock);
 	int st = system(cmd);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 1);
-	snprintf(cmd, sizeof(cmd), "%s --socket %s reload >/dev/null", ctl, daemon_.sock);
+	snprintf(cmd, sizeof(cmd), "%s --socket %s reload >/dev/null", ctl, rdt_suite.sock);
 	assert_int_equal(system(cmd), 0);
 
 	/* The client was there all along. */
@@ -285,10 +256,10 @@ static void test_readyctl_upgrade_and_reload(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_upgrade_under_load, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_upgrade_keeps_modes_and_queue, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_upgrade_binary_choice, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_readyctl_upgrade_and_reload, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upgrade_under_load, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_upgrade_keeps_modes_and_queue, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_upgrade_binary_choice, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_readyctl_upgrade_and_reload, rdt_test_setup, rdt_test_teardown),
 	};
-	return cmocka_run_group_tests_name("upgrade", tests, group_setup, group_teardown);
+	return cmocka_run_group_tests_name("upgrade", tests, rdt_suite_setup, rdt_suite_teardown);
 }
