@@ -301,7 +301,8 @@ $(B)/tests/test-registry: $(B)/obj/tests/test_registry.o $(B)/obj/tests/fdcheck.
 	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS)
 
 # Integration tests drive a real readyd through the library and through raw frames.
-$(B)/tests/test-%: $(B)/obj/tests/test_%.o $(B)/obj/tests/harness.o $(B)/obj/tests/fdcheck.o $(B)/lib/libreadyd.a
+$(B)/tests/test-%: $(B)/obj/tests/test_%.o $(B)/obj/tests/harness.o $(B)/obj/tests/fdcheck.o \
+		$(B)/obj/tests/bystander.o $(B)/lib/libreadyd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(PKG_LIBS)
 

@@ -6,6 +6,7 @@
  * offender is affected, that the daemon's fd count and RSS come back, and that a
  * bystander connected before the hostile action is still served (an event for its pipe,
  * and replies). Malformed frames and limits are tests/test_hostile.c's. */
+#include "bystander.h"
 #include "harness.h"
 
 #include <dirent.h>
@@ -58,77 +59,13 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- the bystander: a well-behaved library client that must not notice the offender */
+/* ---- the bystander (bystander.c): a well-behaved client that must not notice the offender */
 
-struct bystander {
-	rd_client *c;
-	int p[2];          /* its registered pipe: p[0] under 'token', RD_READABLE, edge */
-	uint64_t token;
-	uint32_t last_tick;
-};
 
-static void bystander_open(struct bystander *b, const char *sock)
-{
-	memset(b, 0, sizeof(*b));
-	b->p[0] = b->p[1] = -1;
-	b->token = 0xb157a4de00000001ull;
-	assert_int_equal(rd_open(&b->c, sock), 0);
-	assert_int_equal(pipe2(b->p, O_CLOEXEC | O_NONBLOCK), 0);
-	assert_int_equal(rd_add(b->c, b->p[0], b->token, RD_READABLE, RD_EDGE), 0);
-}
 
-/* A byte written to the bystander's pipe reaches it as a new event (a larger tick than any
- * it saw before, so a stale or spurious record does not count). */
-static void bystander_event(struct bystander *b)
-{
-	struct rd_event ev[64];
-	char buf[64];
 
-	assert_int_equal(write(b->p[1], "x", 1), 1);
-	for (int tries = 0; tries < 64; tries++) {
-		int n = rd_wait(b->c, ev, 64, WAIT_MS);
-		if (n <= 0)
-			fail_msg("bystander: no event within %d ms (rd_wait %d)", WAIT_MS, n);
-		for (int i = 0; i < n; i++) {
-			if (ev[i].token == b->token && (ev[i].ready & RD_READABLE) &&
-			    (b->last_tick == 0 || ev[i].tick > b->last_tick)) {
-				b->last_tick = ev[i].tick;
-				while (read(b->p[0], buf, sizeof(buf)) > 0)
-					;
-				return;
-			}
-		}
-	}
-	fail_msg("bystander: events came, but none for its pipe");
-}
 
-/* Requests still get replies: an add and a delete round trip. */
-static void bystander_roundtrip(struct bystander *b)
-{
-	int q[2];
-	assert_int_equal(pipe2(q, O_CLOEXEC), 0);
-	assert_int_equal(rd_add(b->c, q[0], b->token + 1, RD_READABLE, RD_EDGE), 0);
-	assert_int_equal(rd_delete(b->c, b->token + 1), 0);
-	close(q[0]);
-	close(q[1]);
-}
 
-static void bystander_check(struct bystander *b)
-{
-	bystander_event(b);
-	bystander_roundtrip(b);
-}
-
-static void bystander_close(struct bystander *b)
-{
-	rd_close(b->c);
-	b->c = NULL;
-	for (int i = 0; i < 2; i++) {
-		if (b->p[i] >= 0)
-			close(b->p[i]);
-		b->p[i] = -1;
-	}
-}
 
 /* ---- fixtures */
 
