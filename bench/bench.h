@@ -140,7 +140,7 @@ int bench_accept(struct bench_run *run, struct bench_daemon *d);
  * Returns the number of events delivered, or -errno. */
 long bench_profile_throughput(struct bench_opts *o, struct bench_daemon *d, int nclients,
 			      long rounds);
-long bench_profile_notify(struct bench_opts *o, struct bench_daemon *d, long trips);
+long bench_profile_notify(struct bench_opts *o, struct bench_daemon *d, long trips, const char *mode);
 /* 'iters' times: ADD 253, DEL 253; returns the fds registered. */
 long bench_profile_handoff(struct bench_opts *o, struct bench_daemon *d, long iters);
 

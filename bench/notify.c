@@ -364,7 +364,7 @@ out:
 	return r;
 }
 
-long bench_profile_notify(struct bench_opts *o, struct bench_daemon *d, long trips)
+long bench_profile_notify(struct bench_opts *o, struct bench_daemon *d, long trips, const char *mode)
 {
 	(void)o;
 	struct notify_fds f;
@@ -376,7 +376,15 @@ long bench_profile_notify(struct bench_opts *o, struct bench_daemon *d, long tri
 		notify_fds_close(&f);
 		return -ENOMEM;
 	}
-	r = notify_phase(MODE_READYD, d, &f, 0, (int)trips, s, bench_count_fds(d->pid), 600, NULL);
+	int m = MODE_READYD;
+	while (m < MODE_N && strcmp(mode_name[m], mode) != 0)
+		m++;
+	if (m == MODE_N) {
+		free(s);
+		notify_fds_close(&f);
+		return -EINVAL;
+	}
+	r = notify_phase(m, d, &f, 0, (int)trips, s, bench_count_fds(d->pid), 600, NULL);
 	free(s);
 	notify_fds_close(&f);
 	return r < 0 ? r : trips;

@@ -328,7 +328,8 @@ static void usage(FILE *f)
 		"  --verbose         every repetition's numbers on stderr\n"
 		"\n"
 		"Profiling (one fixed load, no table):\n"
-		"  --profile LOAD    throughput, throughput100, notify or handoff\n"
+		"  --profile LOAD    throughput, throughput100, notify, notify-relay, notify-direct\n"
+		"                    or handoff\n"
 		"  --count N         rounds (throughput), round trips (notify) or ADD+DEL of 253\n"
 		"                    (handoff); 0: setup only. Prints the events (fds) handled\n"
 		"  --daemon-wrap CMD prefix the daemon's command line (e.g. valgrind --tool=callgrind ...)\n"
@@ -360,7 +361,9 @@ static int run_profile(struct bench_opts *o)
 		bench_sleep_ms(1000); /* let perf or strace attach */
 	}
 	if (strcmp(o->profile, "notify") == 0)
-		ev = bench_profile_notify(o, &d, o->profile_count);
+		ev = bench_profile_notify(o, &d, o->profile_count, "readyd");
+	else if (strncmp(o->profile, "notify-", 7) == 0) /* the baselines, to compare */
+		ev = bench_profile_notify(o, &d, o->profile_count, o->profile + 7);
 	else if (strcmp(o->profile, "throughput") == 0)
 		ev = bench_profile_throughput(o, &d, 1, o->profile_count);
 	else if (strcmp(o->profile, "handoff") == 0)
