@@ -56,7 +56,7 @@ static const char *const denied[] = {
 /* --strict allows only these. libreadyd, on an adopted blocking connection waited on
  * with a timeout of -1 or 0 (libreadyd(3), "System calls"): */
 static const char *const allowed_libreadyd[] = {
-	"sendmsg", "recvmsg", "close", "fcntl",
+	"sendmsg", "sendto", "recvfrom", "close", "fcntl",
 	/* glibc's malloc, and its qsort (in batched modify and delete) */
 	"brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "getrandom", "sysinfo",
 };
@@ -243,7 +243,7 @@ static int worker(int cfd, int lfd, bool check, bool strict)
 	/* Line-buffered, with our buffer: stdio then needs write(2) and nothing else. */
 	setvbuf(stdout, outbuf, _IOLBF, sizeof(outbuf));
 	signal(SIGPIPE, SIG_IGN);
-	/* Blocking: then libreadyd waits in recvmsg, never in ppoll (libreadyd(3), NOTES). */
+	/* Blocking: then libreadyd waits in recvfrom, never in ppoll (libreadyd(3), NOTES). */
 	int fl = fcntl(cfd, F_GETFL);
 	if (fl < 0 || ((fl & O_NONBLOCK) && fcntl(cfd, F_SETFL, fl & ~O_NONBLOCK) < 0)) {
 		perror("sandboxed-worker: fcntl");

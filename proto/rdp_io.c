@@ -55,19 +55,20 @@ int rdp_recv(int sock, void *buf, size_t cap, struct rdp_rx *rx, bool nonblock)
 
 int rdp_recv_nofds(int sock, void *buf, size_t cap, struct rdp_rx *rx, bool nonblock)
 {
-	struct iovec iov = { .iov_base = buf, .iov_len = cap };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 	ssize_t n;
 
+	/* recv, not recvmsg: no msghdr or iovec to copy in and out on the path of every
+	 * EVENTS packet. MSG_TRUNC makes a SEQPACKET socket return the packet's real length,
+	 * so truncation still shows. */
 	rx->nfds = 0;
+	rx->ctruncated = false;
 	do
-		n = recvmsg(sock, &mh, MSG_TRUNC | (nonblock ? MSG_DONTWAIT : 0));
+		n = recv(sock, buf, cap, MSG_TRUNC | (nonblock ? MSG_DONTWAIT : 0));
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;
 	rx->len = (size_t)n;
-	rx->truncated = (mh.msg_flags & MSG_TRUNC) != 0;
-	rx->ctruncated = (mh.msg_flags & MSG_CTRUNC) != 0;
+	rx->truncated = (size_t)n > cap;
 	return n == 0 ? 0 : 1;
 }
 
@@ -89,9 +90,11 @@ int rdp_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds,
 		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
 		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
 	}
+	int flags = MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0);
 	ssize_t n;
+	/* Without fds, send: no msghdr to copy in, on the path of every EVENTS packet. */
 	do
-		n = sendmsg(sock, &mh, MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0));
+		n = nfds > 0 ? sendmsg(sock, &mh, flags) : send(sock, buf, len, flags);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -errno;

@@ -22,8 +22,10 @@ struct rdp_rx {
  * waiting and 'nonblock'). fds arrive with MSG_CMSG_CLOEXEC. */
 int rdp_recv(int sock, void *buf, size_t cap, struct rdp_rx *rx, bool nonblock);
 
-/* The same for a peer that must send no fds (the daemon, to a client): no control
- * buffer, so any fd sent anyway is closed by the kernel and shows as ctruncated. */
+/* The same for a peer that must send no fds (the daemon, to a client), with recv: no
+ * control buffer, so any fd sent anyway is closed by the kernel on arrival (nfds and
+ * ctruncated stay 0). truncated is set, and len is the packet's real length, when it
+ * did not fit in cap. */
 int rdp_recv_nofds(int sock, void *buf, size_t cap, struct rdp_rx *rx, bool nonblock);
 
 /* Send one message with optional fds, MSG_NOSIGNAL, and MSG_DONTWAIT when 'nonblock'.

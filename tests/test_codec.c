@@ -1140,6 +1140,50 @@ static void test_send_recv_fds(void **state)
 	close(sv[1]);
 }
 
+/* The client's receive: no control buffer, truncation still reported with the real
+ * length, and an fd sent anyway closed by the kernel rather than left anywhere. */
+static void test_recv_nofds(void **state)
+{
+	(void)state;
+	int sv[2], pp[2];
+	seqpair(sv);
+	assert_int_equal(pipe(pp), 0);
+	uint8_t in[64], big[40];
+	struct rdp_rx rx;
+
+	assert_int_equal(rdp_recv_nofds(sv[1], in, sizeof(in), &rx, true), -EAGAIN);
+
+	assert_int_equal(rdp_send(sv[0], "hello", 5, NULL, 0, false), 0);
+	assert_int_equal(rdp_recv_nofds(sv[1], in, sizeof(in), &rx, false), 1);
+	assert_int_equal(rx.len, 5);
+	assert_false(rx.truncated);
+	assert_int_equal(rx.nfds, 0);
+	assert_memory_equal(in, "hello", 5);
+
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (uint8_t)i;
+	assert_int_equal(rdp_send(sv[0], big, sizeof(big), NULL, 0, false), 0);
+	assert_int_equal(rdp_recv_nofds(sv[1], in, 16, &rx, false), 1);
+	assert_true(rx.truncated);
+	assert_int_equal(rx.len, sizeof(big)); /* the packet's real length */
+	assert_memory_equal(in, big, 16);
+
+	/* The write end travels and is dropped on arrival: once ours is closed, no copy is
+	 * left anywhere, so the read end sees end of file. */
+	assert_int_equal(rdp_send(sv[0], "fds", 3, &pp[1], 1, false), 0);
+	assert_int_equal(rdp_recv_nofds(sv[1], in, sizeof(in), &rx, false), 1);
+	assert_int_equal(rx.len, 3);
+	assert_int_equal(rx.nfds, 0);
+	close(pp[1]);
+	char c;
+	assert_int_equal(read(pp[0], &c, 1), 0);
+
+	close(sv[0]);
+	assert_int_equal(rdp_recv_nofds(sv[1], in, sizeof(in), &rx, false), 0);
+	close(sv[1]);
+	close(pp[0]);
+}
+
 static void test_send_recv_max_fds(void **state)
 {
 	(void)state;
@@ -1371,6 +1415,7 @@ int main(void)
 		TE(test_path_too_long),
 		T(test_sockaddr),
 		T(test_send_recv_fds),
+		T(test_recv_nofds),
 		T(test_send_recv_max_fds),
 		T(test_recv_truncated),
 		T(test_recv_empty_with_fds),
