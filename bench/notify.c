@@ -7,6 +7,7 @@
  *   direct  writer -> client                      (the client's own epoll, a reference) */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -277,70 +278,160 @@ static void write_cdf(FILE *out, const char *name, double *v, int n, int max)
 	fprintf(out, "\n\n");
 }
 
+/* The samples of one series: 'reps' repetitions of each mode in 'modes', each a
+ * number of phases with fresh processes, the order rotated so that no mode always runs
+ * first. p50/p99 get each repetition's quantiles; all[m] the pooled samples. */
+struct notify_series {
+	int modes;                /* bit m: run mode m */
+	double *all[MODE_N];      /* reps * n samples each */
+	double p50[MODE_N][64], p99[MODE_N][64];
+	uint64_t cpu[MODE_N][3];
+	int reps;
+};
+
+static int notify_run_series(const struct bench_scale *sc, struct bench_daemon *d,
+			     const struct notify_fds *f, struct notify_series *ser, double *tmp)
+{
+	int n = sc->notify_samples, daemon_fds = bench_count_fds(d->pid);
+	int chunks = sc->chunks > 0 ? sc->chunks : 1, per = n / chunks;
+	ser->reps = sc->reps < 64 ? sc->reps : 64;
+	for (int rep = 0; rep < ser->reps; rep++) {
+		for (int ch = 0; ch < chunks; ch++)
+			for (int k = 0; k < MODE_N; k++) {
+				int m = (rep + ch + k) % MODE_N;
+				if (!(ser->modes & 1 << m))
+					continue;
+				int cnt = ch == chunks - 1 ? n - per * ch : per;
+				double *s = ser->all[m] + (size_t)rep * (size_t)n + (size_t)(per * ch);
+				int r = notify_phase(m, d, f, sc->notify_warmup, cnt, s, daemon_fds, 30,
+						     ser->cpu[m]);
+				if (r < 0)
+					return r;
+			}
+		for (int m = 0; m < MODE_N; m++) {
+			if (!(ser->modes & 1 << m))
+				continue;
+			memcpy(tmp, ser->all[m] + (size_t)rep * (size_t)n, sizeof(double) * (size_t)n);
+			ser->p50[m][rep] = bench_quantile(tmp, n, 0.50);
+			ser->p99[m][rep] = bench_quantile(tmp, n, 0.99);
+		}
+		if (bench_verbose)
+			fprintf(stderr, "notify%s rep %d: p50 readyd %.1f relay %.1f direct %.1f; "
+				"p99 readyd %.1f relay %.1f direct %.1f us\n",
+				ser->modes & 1 << MODE_DIRECT ? "" : " (one vCPU)", rep,
+				ser->p50[0][rep], ser->p50[1][rep], ser->p50[2][rep], ser->p99[0][rep],
+				ser->p99[1][rep], ser->p99[2][rep]);
+	}
+	return 0;
+}
+
+/* Pin this process (and so the children it forks) and the daemon to one CPU, or undo
+ * that. Returns 0, or -errno when the machine does not let us. */
+static int pin_one_cpu(pid_t daemon, cpu_set_t *saved_self, cpu_set_t *saved_daemon, bool undo)
+{
+	if (undo) {
+		sched_setaffinity(daemon, sizeof(*saved_daemon), saved_daemon);
+		return sched_setaffinity(0, sizeof(*saved_self), saved_self) < 0 ? -errno : 0;
+	}
+	if (sched_getaffinity(0, sizeof(*saved_self), saved_self) < 0 ||
+	    sched_getaffinity(daemon, sizeof(*saved_daemon), saved_daemon) < 0)
+		return -errno;
+	int cpu = -1;
+	for (int i = 0; i < CPU_SETSIZE && cpu < 0; i++)
+		if (CPU_ISSET(i, saved_self) && CPU_ISSET(i, saved_daemon))
+			cpu = i;
+	if (cpu < 0)
+		return -EINVAL;
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(cpu, &one);
+	if (sched_setaffinity(0, sizeof(one), &one) < 0)
+		return -errno;
+	if (sched_setaffinity(daemon, sizeof(one), &one) < 0) {
+		int r = -errno;
+		sched_setaffinity(0, sizeof(*saved_self), saved_self);
+		return r;
+	}
+	return 0;
+}
+
 int bench_notify(struct bench_run *run, struct bench_daemon *d)
 {
 	const struct bench_scale *sc = &run->o->sc;
-	int reps = sc->reps, n = sc->notify_samples;
+	int n = sc->notify_samples;
 	struct notify_fds f;
 	int r = notify_fds_open(&f);
 	if (r < 0)
 		return r;
-	double *all[MODE_N];
-	double p50[MODE_N][64], p99[MODE_N][64];
-	uint64_t cpu[MODE_N][3] = { { 0 } };
+	struct notify_series *ser = calloc(1, sizeof(*ser)), *one = calloc(1, sizeof(*one));
 	double *tmp = malloc(sizeof(double) * (size_t)n);
-	for (int m = 0; m < MODE_N; m++)
-		all[m] = malloc(sizeof(double) * (size_t)n * (size_t)reps);
-	if (!tmp || !all[0] || !all[1] || !all[2]) {
+	if (!ser || !one || !tmp) {
 		r = -ENOMEM;
 		goto out;
 	}
-	int daemon_fds = bench_count_fds(d->pid);
-	int chunks = sc->chunks > 0 ? sc->chunks : 1, per = n / chunks;
-	for (int rep = 0; rep < reps && rep < 64; rep++) {
-		/* A repetition is 'chunks' phases of each mode, each with fresh processes, the
-		 * order rotated so that no mode always runs first. */
-		for (int ch = 0; ch < chunks; ch++)
-			for (int k = 0; k < MODE_N; k++) {
-				int m = (rep + ch + k) % MODE_N;
-				int cnt = ch == chunks - 1 ? n - per * ch : per;
-				double *s = all[m] + (size_t)rep * (size_t)n + (size_t)(per * ch);
-				r = notify_phase(m, d, &f, sc->notify_warmup, cnt, s, daemon_fds, 30, cpu[m]);
-				if (r < 0)
-					goto out;
-			}
-		for (int m = 0; m < MODE_N; m++) {
-			memcpy(tmp, all[m] + (size_t)rep * (size_t)n, sizeof(double) * (size_t)n);
-			p50[m][rep] = bench_quantile(tmp, n, 0.50);
-			p99[m][rep] = bench_quantile(tmp, n, 0.99);
+	ser->modes = 1 << MODE_READYD | 1 << MODE_RELAY | 1 << MODE_DIRECT;
+	one->modes = 1 << MODE_READYD | 1 << MODE_RELAY;
+	for (int m = 0; m < MODE_N; m++) {
+		size_t sz = sizeof(double) * (size_t)n * (size_t)(sc->reps < 64 ? sc->reps : 64);
+		ser->all[m] = malloc(sz);
+		one->all[m] = malloc(sz);
+		if (!ser->all[m] || !one->all[m]) {
+			r = -ENOMEM;
+			goto out;
 		}
-		if (bench_verbose)
-			fprintf(stderr, "notify rep %d: p50 readyd %.1f relay %.1f direct %.1f; "
-				"p99 readyd %.1f relay %.1f direct %.1f us\n", rep, p50[0][rep], p50[1][rep],
-				p50[2][rep], p99[0][rep], p99[1][rep], p99[2][rep]);
 	}
-	int nr = reps < 64 ? reps : 64;
+	r = notify_run_series(sc, d, &f, ser, tmp);
+	if (r < 0)
+		goto out;
+	/* Where the scheduler puts the three processes decides a round trip more than any
+	 * process's own work: a wakeup on the same vCPU costs a few microseconds, one on the
+	 * other vCPU an interrupt to wake it. Pinned to one vCPU every run is in the first
+	 * regime, which shows the CPU the hop itself costs. An extra row, not a target. */
+	cpu_set_t saved_self, saved_daemon;
+	bool pinned = !run->o->smoke && pin_one_cpu(d->pid, &saved_self, &saved_daemon, false) == 0;
+	if (pinned) {
+		r = notify_run_series(sc, d, &f, one, tmp);
+		pin_one_cpu(d->pid, &saved_self, &saved_daemon, true);
+		if (r < 0)
+			goto out;
+	}
+
+	int nr = ser->reps;
 	struct bench_result *x;
 	x = bench_add(run, "notify_rtt_p50", "us", false, "relay");
-	x->readyd = bench_median(p50[MODE_READYD], nr);
-	x->baseline = bench_median(p50[MODE_RELAY], nr);
+	x->readyd = bench_median(ser->p50[MODE_READYD], nr);
+	x->baseline = bench_median(ser->p50[MODE_RELAY], nr);
 	x->reps = nr;
 	snprintf(x->note, sizeof(x->note),
 		 "median over %d repetitions of the p50 of %d round trips; CPU us per round trip: "
 		 "readyd %.2f (client %.2f), relay %.2f (client %.2f), direct client %.2f", nr, n,
-		 cpu_us(cpu[MODE_READYD], 0), cpu_us(cpu[MODE_READYD], 1), cpu_us(cpu[MODE_RELAY], 0),
-		 cpu_us(cpu[MODE_RELAY], 1), cpu_us(cpu[MODE_DIRECT], 1));
+		 cpu_us(ser->cpu[MODE_READYD], 0), cpu_us(ser->cpu[MODE_READYD], 1),
+		 cpu_us(ser->cpu[MODE_RELAY], 0), cpu_us(ser->cpu[MODE_RELAY], 1),
+		 cpu_us(ser->cpu[MODE_DIRECT], 1));
 	x = bench_add(run, "notify_rtt_p99", "us", false, "relay");
-	x->readyd = bench_median(p99[MODE_READYD], nr);
-	x->baseline = bench_median(p99[MODE_RELAY], nr);
+	x->readyd = bench_median(ser->p99[MODE_READYD], nr);
+	x->baseline = bench_median(ser->p99[MODE_RELAY], nr);
 	x->reps = nr;
 	snprintf(x->note, sizeof(x->note), "median over %d repetitions of the p99 of %d round trips", nr, n);
 	x = bench_add(run, "notify_rtt_direct_p50", "us", false, NULL);
-	x->readyd = bench_median(p50[MODE_DIRECT], nr);
+	x->readyd = bench_median(ser->p50[MODE_DIRECT], nr);
 	x->reps = nr;
 	snprintf(x->note, sizeof(x->note),
 		 "reference, not a target: the client's own epoll, no readyd in the path (p99 %.1f us)",
-		 bench_median(p99[MODE_DIRECT], nr));
+		 bench_median(ser->p99[MODE_DIRECT], nr));
+	if (pinned) {
+		x = bench_add(run, "notify_rtt_p50_one_vcpu", "us", false, "relay");
+		x->readyd = bench_median(one->p50[MODE_READYD], nr);
+		x->baseline = bench_median(one->p50[MODE_RELAY], nr);
+		x->reps = nr;
+		snprintf(x->note, sizeof(x->note),
+			 "extra row: the same with the writer, readyd (or the relay) and the client "
+			 "on one vCPU; p99 readyd %.1f, relay %.1f us; CPU us per round trip: readyd "
+			 "%.2f (client %.2f), relay %.2f (client %.2f)",
+			 bench_median(one->p99[MODE_READYD], nr), bench_median(one->p99[MODE_RELAY], nr),
+			 cpu_us(one->cpu[MODE_READYD], 0), cpu_us(one->cpu[MODE_READYD], 1),
+			 cpu_us(one->cpu[MODE_RELAY], 0), cpu_us(one->cpu[MODE_RELAY], 1));
+	}
 
 	if (run->o->plot_data) {
 		FILE *out = fopen(run->o->plot_data, "w");
@@ -352,14 +443,20 @@ int bench_notify(struct bench_run *run, struct bench_daemon *d)
 		fprintf(out, "# readyd-bench notify round trips, pooled over %d repetitions; "
 			     "gnuplot index 0 readyd, 1 relay, 2 direct\n", nr);
 		for (int m = 0; m < MODE_N; m++)
-			write_cdf(out, mode_name[m], all[m], n * nr, 4000);
+			write_cdf(out, mode_name[m], ser->all[m], n * nr, 4000);
 		fclose(out);
 	}
 	r = 0;
 out:
 	free(tmp);
-	for (int m = 0; m < MODE_N; m++)
-		free(all[m]);
+	for (int m = 0; m < MODE_N; m++) {
+		if (ser)
+			free(ser->all[m]);
+		if (one)
+			free(one->all[m]);
+	}
+	free(ser);
+	free(one);
 	notify_fds_close(&f);
 	return r;
 }
