@@ -355,6 +355,17 @@ static int pin_one_cpu(pid_t daemon, cpu_set_t *saved_self, cpu_set_t *saved_dae
 	return 0;
 }
 
+/* A row of readyd against the relay: the medians over nr repetitions of quantile q. */
+static struct bench_result *vs_relay(struct bench_run *run, const char *name,
+				     double q[MODE_N][64], int nr)
+{
+	struct bench_result *x = bench_add(run, name, "us", false, "relay");
+	x->readyd = bench_median(q[MODE_READYD], nr);
+	x->baseline = bench_median(q[MODE_RELAY], nr);
+	x->reps = nr;
+	return x;
+}
+
 int bench_notify(struct bench_run *run, struct bench_daemon *d)
 {
 	const struct bench_scale *sc = &run->o->sc;
@@ -397,21 +408,14 @@ int bench_notify(struct bench_run *run, struct bench_daemon *d)
 	}
 
 	int nr = ser->reps;
-	struct bench_result *x;
-	x = bench_add(run, "notify_rtt_p50", "us", false, "relay");
-	x->readyd = bench_median(ser->p50[MODE_READYD], nr);
-	x->baseline = bench_median(ser->p50[MODE_RELAY], nr);
-	x->reps = nr;
+	struct bench_result *x = vs_relay(run, "notify_rtt_p50", ser->p50, nr);
 	snprintf(x->note, sizeof(x->note),
 		 "median over %d repetitions of the p50 of %d round trips; CPU us per round trip: "
 		 "readyd %.2f (client %.2f), relay %.2f (client %.2f), direct client %.2f", nr, n,
 		 cpu_us(ser->cpu[MODE_READYD], 0), cpu_us(ser->cpu[MODE_READYD], 1),
 		 cpu_us(ser->cpu[MODE_RELAY], 0), cpu_us(ser->cpu[MODE_RELAY], 1),
 		 cpu_us(ser->cpu[MODE_DIRECT], 1));
-	x = bench_add(run, "notify_rtt_p99", "us", false, "relay");
-	x->readyd = bench_median(ser->p99[MODE_READYD], nr);
-	x->baseline = bench_median(ser->p99[MODE_RELAY], nr);
-	x->reps = nr;
+	x = vs_relay(run, "notify_rtt_p99", ser->p99, nr);
 	snprintf(x->note, sizeof(x->note), "median over %d repetitions of the p99 of %d round trips", nr, n);
 	x = bench_add(run, "notify_rtt_direct_p50", "us", false, NULL);
 	x->readyd = bench_median(ser->p50[MODE_DIRECT], nr);
@@ -420,10 +424,7 @@ int bench_notify(struct bench_run *run, struct bench_daemon *d)
 		 "reference, not a target: the client's own epoll, no readyd in the path (p99 %.1f us)",
 		 bench_median(ser->p99[MODE_DIRECT], nr));
 	if (pinned) {
-		x = bench_add(run, "notify_rtt_p50_one_vcpu", "us", false, "relay");
-		x->readyd = bench_median(one->p50[MODE_READYD], nr);
-		x->baseline = bench_median(one->p50[MODE_RELAY], nr);
-		x->reps = nr;
+		x = vs_relay(run, "notify_rtt_p50_one_vcpu", one->p50, nr);
 		snprintf(x->note, sizeof(x->note),
 			 "extra row: the same with the writer, readyd (or the relay) and the client "
 			 "on one vCPU; p99 readyd %.1f, relay %.1f us; CPU us per round trip: readyd "
