@@ -1,15 +1,17 @@
 /* libuv-client: readyd inside a libuv loop. The connection's fd sits in a uv_poll_t;
  * when it is readable, the callback drains events with rd_wait(..., 0). They drive four
- * socket pairs, every end registered with readyd: each pair plays three rounds of
+ * socket pairs, every end registered with readyd: each pair plays three rounds (or N) of
  * ping and echo, and the program exits 0 once every pair has played them all.
  *
- *   libuv-client [--socket PATH]
+ *   libuv-client [--socket PATH] [--rounds N]
+ *
+ * readyd may be restarted meanwhile: the library connects again and replays the
+ * registrations, and the callback stops and starts the uv_poll_t on the new socket.
  *
  * The loop never watches the socket pairs itself: all their readiness comes from
  * readyd. uv_poll_init makes the connection non-blocking, which libreadyd allows
  * (libreadyd(3), NOTES). */
 #include <errno.h>
-#include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -31,17 +33,32 @@ struct ctx {
 	bool timed_out;
 };
 
+static void on_timeout(uv_timer_t *t);
+
 static void on_readable(uv_poll_t *h, int status, int events)
 {
 	struct ctx *x = h->data;
 
 	x->wakeups++;
-	if (status < 0)
-		x->game.err = -EIO;
-	else if (events & UV_READABLE)
+	/* An error on the socket (libuv has stopped the handle) is the daemon gone with
+	 * requests of ours unread: drain anyway, and the library connects again or fails. */
+	if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT)))
 		drain(&x->game);
-	if (x->game.err || x->game.finished == NPAIRS)
+	if (x->game.err || x->game.finished == NPAIRS) {
 		uv_stop(h->loop);
+		return;
+	}
+	if (x->game.rewatch || status < 0) {
+		/* Same fd number, new socket: epoll forgot the old one when it was closed. */
+		x->game.rewatch = false;
+		uv_poll_stop(h);
+		if (uv_poll_start(h, UV_READABLE, on_readable) < 0) {
+			x->game.err = -EIO;
+			uv_stop(h->loop);
+			return;
+		}
+	}
+	uv_timer_start(&x->timer, on_timeout, TIMEOUT_MS, 0); /* counts from the last wakeup */
 }
 
 static void on_timeout(uv_timer_t *t)
@@ -58,6 +75,11 @@ static int run_loop(struct ctx *x)
 	int r = uv_loop_init(&loop);
 	if (r < 0)
 		return r;
+	/* Events that arrived during earlier calls (the rd_add calls) are held by the
+	 * library and do not make rd_fd() readable: take them before the first wait, and
+	 * before watching rd_fd(), which this may replace with a new socket. */
+	drain(&x->game);
+	x->game.rewatch = false;
 	r = uv_poll_init(&loop, &x->poll, rd_fd(x->game.rd));
 	if (r < 0)
 		goto out_loop;
@@ -65,9 +87,6 @@ static int run_loop(struct ctx *x)
 	x->poll.data = x->timer.data = x;
 	uv_poll_start(&x->poll, UV_READABLE, on_readable);
 	uv_timer_start(&x->timer, on_timeout, TIMEOUT_MS, 0);
-	/* Events that arrived during earlier calls (the rd_add calls) are held by the
-	 * library and do not make rd_fd() readable: take them before the first wait. */
-	drain(&x->game);
 	r = x->game.err ? x->game.err : game_start(&x->game);
 	if (r == 0)
 		uv_run(&loop, UV_RUN_DEFAULT);
@@ -81,21 +100,12 @@ out_loop:
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "socket", required_argument, NULL, 's' },
-		{ 0 },
-	};
-	const char *path = NULL;
+	const char *path;
 	struct ctx x = { 0 };
-	int o, r;
+	int r;
 
-	while ((o = getopt_long(argc, argv, "s:", opts, NULL)) != -1) {
-		if (o != 's') {
-			fprintf(stderr, "usage: libuv-client [--socket PATH]\n");
-			return 2;
-		}
-		path = optarg;
-	}
+	if (game_options(&x.game, argc, argv, "libuv-client", &path) != 0)
+		return 2;
 	r = rd_open(&x.game.rd, path);
 	if (r < 0) {
 		fprintf(stderr, "libuv-client: cannot reach readyd: %s\n", strerror(-r));
@@ -112,8 +122,9 @@ int main(int argc, char **argv)
 		r = -ETIMEDOUT;
 	} else
 		printf("libuv-client: %d socket pairs served through readyd, %d rounds each, "
-		       "in %u wakeup%s of the uv_poll_t\n", NPAIRS, ROUNDS, x.wakeups,
-		       x.wakeups == 1 ? "" : "s");
+		       "in %u wakeup%s of the uv_poll_t, %u reconnection%s\n", NPAIRS, x.game.rounds,
+		       x.wakeups, x.wakeups == 1 ? "" : "s", x.game.reconnects,
+		       x.game.reconnects == 1 ? "" : "s");
 	game_end(&x.game);
 	rd_close(x.game.rd);
 	return r < 0 ? 1 : 0;

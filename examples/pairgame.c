@@ -2,7 +2,9 @@
 #include "pairgame.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -40,7 +42,7 @@ static int on_ready(struct game *g, const struct rd_event *ev)
 		int wl = snprintf(want, sizeof(want), "ping %d round %d", i, g->p[i].rounds);
 		if (n != wl || memcmp(buf, want, (size_t)n) != 0)
 			return -EPROTO;
-		if (++g->p[i].rounds == ROUNDS)
+		if (++g->p[i].rounds == g->rounds)
 			g->finished++;
 		else {
 			int r = ping(g, i);
@@ -57,14 +59,51 @@ void drain(struct game *g)
 	struct rd_event ev[64];
 	int n;
 
+	bool fresh = false;
+
 	while (!g->err && (n = rd_wait(g->rd, ev, 64, 0)) != 0) {
 		if (n < 0) {
 			g->err = n;
 			break;
 		}
-		for (int k = 0; k < n && !g->err; k++)
+		for (int k = 0; k < n && !g->err; k++) {
+			fresh |= ev[k].tick == 0; /* replayed after a reconnection */
 			g->err = on_ready(g, &ev[k]);
+		}
 	}
+	if (fresh) {
+		g->rewatch = true;
+		g->reconnects++;
+	}
+}
+
+int game_options(struct game *g, int argc, char **argv, const char *name, const char **path)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "rounds", required_argument, NULL, 'r' },
+		{ 0 },
+	};
+	int o;
+	char *end;
+
+	g->rounds = ROUNDS;
+	*path = NULL;
+	while ((o = getopt_long(argc, argv, "s:r:", opts, NULL)) != -1) {
+		if (o == 's') {
+			*path = optarg;
+			continue;
+		}
+		long v = o == 'r' ? strtol(optarg, &end, 10) : 0;
+		if (o != 'r' || *end || v < 1 || v > 1000000)
+			goto usage;
+		g->rounds = (int)v;
+	}
+	if (optind == argc)
+		return 0;
+usage:
+	fprintf(stderr, "usage: %s [--socket PATH] [--rounds N (1 to 1000000)]\n", name);
+	return 2;
 }
 
 /* The pairs, every end registered with readyd. */
