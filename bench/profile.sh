@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 2; }
 
 LOADS=${LOADS:-"notify:2000 throughput:40 throughput100:20 handoff:40"}
-SYSCALLS="epoll_wait epoll_pwait epoll_ctl sendmsg recvmsg sendto recvfrom close read write"
+SYSCALLS="epoll_wait epoll_pwait epoll_ctl sendmsg recvmsg sendto recvfrom getpeername close read write"
 have_perf=0
 if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
 	have_perf=1
