@@ -109,6 +109,7 @@ check-lib: $(B)/lib/libreadyd.so
 	got=$$(nm -D --defined-only $(B)/lib/libreadyd.so | awk '$$2 == "T" { sub(/@.*/, "", $$3); print $$3 }' | sort); \
 	if [ "$$want" != "$$got" ]; then echo "exports differ from readyd.h:"; diff <(echo "$$want") <(echo "$$got"); exit 1; fi
 	@objdump -p $(B)/lib/libreadyd.so | grep -q 'SONAME *libreadyd.so.$(SOVERSION)$$'
+	@mkdir -p $(B)/tests
 	$(CC) $(BASE) $(CFLAGS) -o $(B)/tests/link-shared tests/link_shared.c -L$(B)/lib -lreadyd
 	LD_LIBRARY_PATH=$(B)/lib $(B)/tests/link-shared
 	@echo "libreadyd.so: exports and soname ok"

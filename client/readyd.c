@@ -381,7 +381,11 @@ static int model_put(rd_client *c, uint64_t token, int fd, uint32_t interest, ui
 {
 	struct model_entry *m = model_find(c, token);
 	if (m) {
-		*m = (struct model_entry){ token, fd, interest, flags, "" };
+		/* Only the replay after a restart adds a token the model holds (the daemon
+		 * refuses a second ADD with EEXIST): it keeps its group, to join again. */
+		m->fd = fd;
+		m->interest = interest;
+		m->flags = flags;
 		return 0;
 	}
 	if ((c->model_len + 1) * 2 > c->model_cap) {
@@ -716,20 +720,28 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Events received before a DEL or MOD reply may still wait in evq: drop them. After a
- * DEL nothing more comes for the token; after a MOD the daemon polls the fd again and
- * reports what is ready under the new interest and mode, so what came before would only
- * be delivered twice (a oneshot would see a stale event, then its real one). */
-static int drop_queued(rd_client *c, const struct rd_entry *e, size_t n)
+/* Events received before a DEL or MOD reply may still wait in evq: drop them, for the
+ * tokens of that request alone, as its reply is read. After a DEL nothing more comes for
+ * the token; after a MOD the daemon polls the fd again and reports what is ready under
+ * the new interest and mode, so what came before would only be delivered twice (a
+ * oneshot would see a stale event, then its real one). Events that arrive after the
+ * reply are the new ones, even while later requests of the same call are in flight:
+ * they stay. No allocation and no qsort (which may call sysinfo): a request has at most
+ * 253 tokens, sorted by insertion. */
+static void drop_queued(rd_client *c, const struct rd_entry *e, const struct chunk *ch)
 {
-	uint64_t *tok = malloc(n * sizeof(*tok));
+	uint64_t tok[RDP_BATCH_MAX];
 	size_t nt = 0;
-	if (!tok)
-		return fail(c, -ENOMEM);
-	for (size_t i = 0; i < n; i++)
-		if (e[i].status == 0)
-			tok[nt++] = e[i].token;
-	qsort(tok, nt, sizeof(*tok), cmp_u64);
+
+	for (uint32_t i = 0; i < ch->n; i++) {
+		if (e[ch->idx[i]].status != 0)
+			continue;
+		uint64_t t = e[ch->idx[i]].token;
+		size_t k = nt++;
+		for (; k > 0 && tok[k - 1] > t; k--)
+			tok[k] = tok[k - 1];
+		tok[k] = t;
+	}
 	size_t w = 0;
 	for (size_t i = 0; i < c->evq_len; i++) {
 		struct rd_event ev = c->evq[c->evq_head + i];
@@ -737,8 +749,32 @@ static int drop_queued(rd_client *c, const struct rd_entry *e, size_t n)
 			c->evq[c->evq_head + w++] = ev;
 	}
 	c->evq_len = w;
-	free(tok);
-	return 0;
+}
+
+/* The connection failed with err while a batch had 'inflight' requests out (from
+ * fl[head]), or err is -ERESTART: the daemon restarted and our registrations are back.
+ * Send those requests again, in order; if the daemon goes away again meanwhile, start
+ * over, within the call's budget of restarts. Returns 0, or what the call returns. */
+static int restart(rd_client *c, uint16_t type, const struct rd_entry *e, struct chunk *fl,
+		   unsigned head, unsigned inflight, int err, unsigned *restarts)
+{
+	for (;;) {
+		int r = err == -ERESTART ? err : lost(c, err);
+		if (r != -ERESTART || c->recovering)
+			return r < 0 ? r : fail(c, -EIO);
+		if (++*restarts > RESTARTS_PER_CALL)
+			return fail(c, -ECONNRESET);
+		err = 0;
+		for (unsigned k = 0; k < inflight && !err; k++) {
+			struct chunk *again = &fl[(head + k) % PIPELINE_DEPTH];
+			again->id = new_id(c);
+			err = send_chunk(c, type, e, again);
+		}
+		if (!err)
+			return 0;
+		if (err != -ECONNRESET && err != -EPIPE)
+			return fail(c, err);
+	}
 }
 
 /* A batched call: requests of up to 253 entries, up to PIPELINE_DEPTH in flight. */
@@ -777,19 +813,10 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 				continue;
 			}
 			if (r < 0) {
-				r = lost(c, r);
-				if (r != -ERESTART || c->recovering)
-					return r < 0 ? r : fail(c, -EIO);
-				if (++restarts > RESTARTS_PER_CALL)
-					return fail(c, -ECONNRESET);
 				/* Back after a restart: what was in flight goes again, then this. */
-				for (unsigned k = 0; k < inflight; k++) {
-					struct chunk *again = &fl[(head + k) % PIPELINE_DEPTH];
-					again->id = new_id(c);
-					int sr = send_chunk(c, type, e, again);
-					if (sr < 0)
-						return fail(c, sr);
-				}
+				r = restart(c, type, e, fl, head, inflight, r, &restarts);
+				if (r < 0)
+					return r;
 				next = start;
 				continue;
 			}
@@ -803,17 +830,11 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 		if (r == -ERESTART && c->recovering)
 			return r; /* resync() starts over */
 		if (r == -ERESTART) {
-			if (++restarts > RESTARTS_PER_CALL)
-				return fail(c, -ECONNRESET);
 			/* The daemon restarted and our registrations are back: the requests in
 			 * flight were never seen by it. Send them again, in order. */
-			for (unsigned k = 0; k < inflight && r == -ERESTART; k++) {
-				struct chunk *again = &fl[(head + k) % PIPELINE_DEPTH];
-				again->id = new_id(c);
-				int sr = send_chunk(c, type, e, again);
-				if (sr < 0)
-					return fail(c, sr);
-			}
+			r = restart(c, type, e, fl, head, inflight, r, &restarts);
+			if (r < 0)
+				return r;
 			continue;
 		}
 		if (r < 0)
@@ -827,13 +848,10 @@ static int batch(rd_client *c, uint16_t type, struct rd_entry *e, size_t n)
 			if (st == 0 && model_apply(c, type, &e[ch->idx[i]]) < 0)
 				return fail(c, -ENOMEM);
 		}
+		if ((type == RDP_MSG_DEL || type == RDP_MSG_MOD) && c->evq_len > 0)
+			drop_queued(c, e, ch);
 		head = (head + 1) % PIPELINE_DEPTH;
 		inflight--;
-	}
-	if ((type == RDP_MSG_DEL || type == RDP_MSG_MOD) && nok > 0 && c->evq_len > 0) {
-		int r = drop_queued(c, e, n);
-		if (r < 0)
-			return r;
 	}
 	return (int)nok;
 }

@@ -161,6 +161,25 @@ static void kill9(pid_t pid)
 	assert_true(WIFSIGNALED(ws));
 }
 
+/* A new daemon on the dead one's path (the stale socket file is replaced), as an
+ * administrator restarting it by hand would start it. */
+static struct rdt_daemon restart_on_path(const struct rdt_daemon *d)
+{
+	struct rdt_daemon d2 = *d;
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		for (int fd = 3; fd < 1024; fd++)
+			close(fd);
+		execl(readyd_bin(), readyd_bin(), "--socket", d->sock, "--log-level", "warning",
+		      (char *)NULL);
+		_exit(127);
+	}
+	d2.pid = pid;
+	return d2;
+}
+
 static void stop(pid_t pid)
 {
 	kill(pid, SIGTERM);
@@ -299,22 +318,46 @@ static void test_crash_reconnect_by_path(void **state)
 	for (int c = 0; c < CLIENTS; c++)
 		for (int i = 0; i < REGS; i++)
 			assert_int_equal(write(l.p[c][i][1], "o", 1), 1);
-	/* The same path, a new daemon (the stale socket file is replaced). */
-	char sock[108];
-	snprintf(sock, sizeof(sock), "%s", d.sock);
-	struct rdt_daemon d2 = d;
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		for (int fd = 3; fd < 1024; fd++)
-			close(fd);
-		execl(readyd_bin(), readyd_bin(), "--socket", sock, "--log-level", "warning", (char *)NULL);
-		_exit(127);
-	}
-	d2.pid = pid;
+	struct rdt_daemon d2 = restart_on_path(&d);
 	load_check(&l);
 	load_stop(&l);
+	assert_int_equal(rdt_daemon_stop(&d2), 0);
+}
+
+/* A member of a dispatch group is put back in its group after a reconnection, under
+ * the same name (the library replays the JOIN with the ADD). */
+static void test_group_back_after_reconnect(void **state)
+{
+	(void)state;
+	struct rdt_daemon d;
+	assert_int_equal(rdt_daemon_start(&d, NULL), 0);
+	rd_client *c;
+	assert_int_equal(rd_open(&c, d.sock), 0);
+	int p[2];
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	assert_int_equal(rd_add(c, p[0], 7, RD_READABLE, RD_ONESHOT), 0);
+	assert_int_equal(rd_join(c, 7, "g1"), 0);
+	char *text = NULL;
+	assert_int_equal(rd_control(c, "{\"command\":\"registrations\"}", &text), 0);
+	assert_non_null(strstr(text, "\"group\":\"g1\""));
+	free(text);
+
+	kill9(d.pid);
+	struct rdt_daemon d2 = restart_on_path(&d);
+	assert_int_equal(write(p[1], "o", 1), 1);
+	/* The call that finds the daemon gone connects again and replays; token 7 is
+	 * reported ready once (tick 0). */
+	struct rd_event ev;
+	assert_int_equal(rd_wait(c, &ev, 1, PATIENCE_MS), 1);
+	assert_int_equal(ev.token, 7);
+	assert_int_equal(rd_control(c, "{\"command\":\"registrations\"}", &text), 0);
+	if (!strstr(text, "\"group\":\"g1\""))
+		fail_msg("not back in its group after the reconnection: %s", text);
+	free(text);
+
+	rd_close(c);
+	close(p[0]);
+	close(p[1]);
 	assert_int_equal(rdt_daemon_stop(&d2), 0);
 }
 
@@ -323,6 +366,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_crash_with_fd_store, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_reconnect_by_path, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_group_back_after_reconnect, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("recovery", tests, NULL, NULL);
 }
