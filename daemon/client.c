@@ -81,6 +81,26 @@ static struct rdd_uid_count *uid_slot(struct rdd *d, uid_t uid, bool create)
 	return &n[d->nuids++];
 }
 
+uint32_t rdd_uid_take(struct rdd *d, uid_t uid, bool enforce, bool *charged)
+{
+	struct rdd_uid_count *u = uid_slot(d, uid, false);
+	*charged = false;
+	if (!u)
+		return 0;
+	if (enforce && u->regs >= d->lim.regs_per_uid && !rdd_is_admin(d, uid))
+		return EDQUOT;
+	u->regs++;
+	*charged = true;
+	return 0;
+}
+
+void rdd_uid_give_back(struct rdd *d, uid_t uid)
+{
+	struct rdd_uid_count *u = uid_slot(d, uid, false);
+	if (u && u->regs)
+		u->regs--;
+}
+
 void rdd_client_mark(struct rdd *d, struct rdd_client *c)
 {
 	if (c->on_dirty)
@@ -90,9 +110,10 @@ void rdd_client_mark(struct rdd *d, struct rdd_client *c)
 		uint32_t ncap = w->cap ? w->cap * 2 : 64;
 		uint64_t *n = realloc(w->v, ncap * sizeof(*n));
 		if (!n) {
-			/* Left off the list, the client is picked up by its next epoll event;
-			 * the only cost is latency, and only under memory exhaustion. */
+			/* Not listed: an edge-triggered connection may bring no other event
+			 * for it, so the loop looks at every client once instead. */
 			log_warning("out of memory queueing work for client pid %d", (int)c->pid);
+			d->dirty_overflow = true;
 			return;
 		}
 		w->v = n;
@@ -635,12 +656,12 @@ static uint32_t join_one(struct rdd *d, struct rdd_client *c, uint32_t i)
 {
 	uint64_t token;
 	char name[RDP_GROUP_NAME_SIZE + 1];
-	if (!rdp_join_entry_get(rdd_rxbuf, i, &token, name))
-		return EINVAL;
+	if (!rdp_join_entry_get(rdd_rxbuf, i, &token, name) || !rdd_group_name_ok(name))
+		return EINVAL; /* before the token: the order of readyd-protocol(7) */
 	uint32_t slot = rdd_tokmap_find(&c->map, &d->slab, token);
 	if (slot == RDD_NIL)
 		return ENOENT;
-	return rdd_group_join(d, c, slot, name);
+	return rdd_group_join(d, c, slot, name, false);
 }
 
 /* ADD, MOD, DEL, REARM: one status per entry, one REPLY. */
@@ -931,7 +952,7 @@ int rdd_reg_restore(struct rdd *d, struct rdd_client *c, const struct rdd_reg *s
 	if (g->pending && rdd_queue_push(&c->ready, &d->slab, slot))
 		rdd_client_mark(d, c);
 	if (group) {
-		uint32_t st = rdd_group_join(d, c, slot, group);
+		uint32_t st = rdd_group_join(d, c, slot, group, true);
 		if (st)
 			log_err("upgrade: token %llu could not rejoin group %s: %s",
 				(unsigned long long)saved->token, group, strerror((int)st));

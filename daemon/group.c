@@ -32,6 +32,7 @@ struct rdd_group {
 	uint32_t n, cap;
 	uint32_t cursor;   /* round-robin: where the next search starts */
 	uint32_t holder;   /* the member woken last, until it re-arms; RDD_NIL when none */
+	bool charged;      /* its fd counts in its uid's registrations (rdd_uid_take) */
 };
 
 /* member slot -> group slot, for the few registrations that are members */
@@ -123,6 +124,8 @@ static void group_free(struct rdd *d, struct rdd_group *g)
 	epoll_ctl(d->epfd, EPOLL_CTL_DEL, g->fd, NULL);
 	close(g->fd);
 	d->nfds--;
+	if (g->charged)
+		rdd_uid_give_back(d, g->uid);
 	d->groups[g->slot] = NULL;
 	d->group_gen[g->slot] = (d->group_gen[g->slot] + 1) & RDD_GEN_MASK;
 	free(g->members);
@@ -130,7 +133,8 @@ static void group_free(struct rdd *d, struct rdd_group *g)
 }
 
 static struct rdd_group *group_new(struct rdd *d, uid_t uid, const char *name,
-				   const struct rdd_reg *first, uint64_t dev, uint64_t ino, int *err)
+				   const struct rdd_reg *first, uint64_t dev, uint64_t ino,
+				   bool restoring, int *err)
 {
 	uint32_t slot = 0;
 	while (slot < d->ngroups_cap && d->groups[slot])
@@ -155,12 +159,27 @@ static struct rdd_group *group_new(struct rdd *d, uid_t uid, const char *name,
 		*err = EMFILE;
 		return NULL;
 	}
+	/* The group's copy of the fd is one more descriptor held for this uid: without
+	 * counting it, a uid at its registration limit could double what it holds by
+	 * joining each registration to a group of its own. */
+	bool charged;
+	uint32_t q = rdd_uid_take(d, uid, !restoring, &charged);
+	if (q) {
+		*err = (int)q;
+		return NULL;
+	}
 	struct rdd_group *g = calloc(1, sizeof(*g));
-	if (!g)
+	if (!g) {
+		if (charged)
+			rdd_uid_give_back(d, uid);
 		goto nomem;
+	}
+	g->charged = charged;
 	g->fd = fcntl(first->fd, F_DUPFD_CLOEXEC, 3);
 	if (g->fd < 0) {
 		*err = errno;
+		if (charged)
+			rdd_uid_give_back(d, uid);
 		free(g);
 		return NULL;
 	}
@@ -177,6 +196,8 @@ static struct rdd_group *group_new(struct rdd *d, uid_t uid, const char *name,
 	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, g->fd, &ev) < 0) {
 		*err = errno;
 		close(g->fd);
+		if (charged)
+			rdd_uid_give_back(d, uid);
 		free(g);
 		return NULL;
 	}
@@ -207,7 +228,7 @@ static bool same_file(const struct rdd_group *g, int fd, const struct stat *st)
 
 /* Group names are printable ASCII, so they travel through JSON (control plane, upgrade
  * state) unharmed. */
-static bool name_ok(const char *name)
+bool rdd_group_name_ok(const char *name)
 {
 	for (const char *p = name; *p; p++)
 		if (*p < 0x21 || *p > 0x7e)
@@ -215,13 +236,14 @@ static bool name_ok(const char *name)
 	return name[0] != '\0';
 }
 
-uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const char *name)
+uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const char *name,
+			bool restoring)
 {
 	struct rdd_reg *r = rdd_slab_at(&d->slab, reg);
 	struct stat st;
 	int err = 0;
 
-	if (!name_ok(name) || strlen(name) > RDP_GROUP_NAME_SIZE)
+	if (!rdd_group_name_ok(name) || strlen(name) > RDP_GROUP_NAME_SIZE)
 		return EINVAL;
 	if (!(r->flags & RDP_FLAG_ONESHOT))
 		return EINVAL; /* members are oneshot: a wakeup is theirs until they re-arm */
@@ -240,7 +262,8 @@ uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const
 		return EINVAL;
 	bool created = !g;
 	if (!g) {
-		g = group_new(d, c->uid, name, r, (uint64_t)st.st_dev, (uint64_t)st.st_ino, &err);
+		g = group_new(d, c->uid, name, r, (uint64_t)st.st_dev, (uint64_t)st.st_ino,
+			      restoring, &err);
 		if (!g)
 			return (uint32_t)err;
 	}

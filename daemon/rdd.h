@@ -127,6 +127,7 @@ struct rdd {
 	uint32_t nfds;        /* fds the daemon holds: registrations + clients + its own */
 	struct rdd_worklist dirty; /* clients with work left, as (gen, slot) names */
 	struct rdd_worklist spare;
+	bool dirty_overflow;  /* a client could not be listed (no memory): look at them all */
 	bool stopping;
 	bool accept_paused;   /* listener removed from epoll after EMFILE; retried later */
 	struct rdd_policy *policy; /* NULL: everyone may connect; root and us administer */
@@ -173,9 +174,20 @@ void rdd_handshake_start(struct rdd *d, struct rdd_client *c);
 void rdd_handshake_expire(struct rdd *d);
 /* Queue a framed message for c, sending it at once when nothing is queued before it. */
 int rdd_client_send(struct rdd *d, struct rdd_client *c, const void *msg, size_t len);
+/* A descriptor held for a uid beyond its registrations (a group's own copy) counts
+ * against limits.registrations_per_uid like one. take: 0, or EDQUOT when the uid is at
+ * its limit and 'enforce' (the policy's admins are exempt); sets *charged when it
+ * counted. give_back undoes a take that counted. */
+uint32_t rdd_uid_take(struct rdd *d, uid_t uid, bool enforce, bool *charged);
+void rdd_uid_give_back(struct rdd *d, uid_t uid);
 
-/* group.c: dispatch groups (see there). join returns 0 or a positive errno. */
-uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const char *name);
+/* group.c: dispatch groups (see there). join returns 0 or a positive errno; 'restoring'
+ * (a live upgrade putting a member back) skips the per-uid quota, which the group met
+ * when it was made. */
+uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const char *name,
+			bool restoring);
+/* Group names are 1 to 32 bytes of printable ASCII without space (0x21 to 0x7e). */
+bool rdd_group_name_ok(const char *name);
 void rdd_group_leave(struct rdd *d, uint32_t reg);
 void rdd_group_rearm(struct rdd *d, uint32_t reg);
 void rdd_group_event(struct rdd *d, uint32_t slot, uint32_t gen, uint32_t events);

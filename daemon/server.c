@@ -396,6 +396,16 @@ static void service_dirty(struct rdd *d)
 	}
 	work.n = 0;
 	d->spare = work;
+	if (d->dirty_overflow) {
+		/* A client's work could not be listed (out of memory): serve every client
+		 * not listed since; one with nothing to do costs a few checks. */
+		d->dirty_overflow = false;
+		for (uint32_t slot = 0; slot < d->nclients_cap; slot++) {
+			struct rdd_client *c = d->clients[slot];
+			if (c && !c->on_dirty)
+				rdd_client_service(d, c);
+		}
+	}
 }
 
 /* Stop accepting, give every client its queued output once, then close everything. */
@@ -462,7 +472,7 @@ int rdd_run(struct rdd *d)
 	rdd_notify_ready(d);
 
 	while (!d->stopping) {
-		int timeout = d->dirty.n ? 0 : d->accept_paused ? 1000 : -1;
+		int timeout = d->dirty.n || d->dirty_overflow ? 0 : d->accept_paused ? 1000 : -1;
 		r = rdd_loop_once(d, timeout);
 		if (r < 0)
 			break;

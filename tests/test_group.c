@@ -186,6 +186,7 @@ static void test_join_errors(void **state)
 	assert_int_equal(rd_add(c, l2, 5, RD_READABLE, RD_ONESHOT), 0);
 	assert_int_equal(rd_join(c, 5, "has space"), -EINVAL);
 	assert_int_equal(rd_join(c, 5, "bad\xff"), -EINVAL);
+	assert_int_equal(rd_join(c, 99, "has space"), -EINVAL); /* the name first, then the token */
 	int e1 = eventfd(0, EFD_CLOEXEC), e2 = eventfd(0, EFD_CLOEXEC);
 	assert_int_equal(rd_add(c, e1, 6, RD_READABLE, RD_ONESHOT), 0);
 	assert_int_equal(rd_add(c, e2, 7, RD_READABLE, RD_ONESHOT), 0);

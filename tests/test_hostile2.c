@@ -1138,19 +1138,11 @@ static void drop_to_nobody(void)
  * administer. (2) root connects and hands the socket to a process running as nobody,
  * under a policy that lets only root connect: nobody's own connection is refused, the
  * handed one is served as root's, with root's exemption from the quota. */
-static void test_connection_handed_over(void **state)
+/* A connection that nobody (uid 65534) made to the extra daemon, handed over to us over
+ * sp and adopted into *h: served as nobody's. Returns the pid that made it. */
+static pid_t adopt_nobodys(struct fixture *fx, int sp[2], rd_client **h)
 {
-	struct fixture *fx = *state;
-	int sp[2], st;
-	rd_client *h;
-
-	if (geteuid() != 0) {
-		print_message("SKIP: needs root to change uid\n");
-		skip();
-	}
-
-	/* (1) */
-	int idle = extra_start(fx, "{\"limits\":{\"registrations_per_uid\":3}}");
+	int st;
 	assert_int_equal(chmod(fx->extra.dir, 0755), 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp), 0);
 	pid_t pid = fork();
@@ -1169,7 +1161,35 @@ static void test_connection_handed_over(void **state)
 	assert_int_equal(WEXITSTATUS(st), 0);
 	int s = recv_fd(sp[0]);
 	assert_true(s >= 0);
-	assert_int_equal(rd_adopt(&h, s), 0);
+	assert_int_equal(rd_adopt(h, s), 0);
+	return pid;
+}
+
+/* Skips without root. An extra daemon whose uids may hold 3 registrations, and a
+ * connection to it that nobody made (in process *maker, when not NULL), adopted into *h.
+ * Returns the extra daemon's idle fd count, for extra_stop. */
+static int start_nobodys(struct fixture *fx, int sp[2], rd_client **h, pid_t *maker)
+{
+	if (geteuid() != 0) {
+		print_message("SKIP: needs root to change uid\n");
+		skip();
+	}
+	int idle = extra_start(fx, "{\"limits\":{\"registrations_per_uid\":3}}");
+	pid_t pid = adopt_nobodys(fx, sp, h);
+	if (maker)
+		*maker = pid;
+	return idle;
+}
+
+static void test_connection_handed_over(void **state)
+{
+	struct fixture *fx = *state;
+	int sp[2];
+	rd_client *h;
+
+	/* (1) */
+	pid_t pid;
+	int idle = start_nobodys(fx, sp, &h, &pid);
 	json_t *self = client_self(h);
 	assert_int_equal(json_int_of(self, "uid"), 65534);
 	assert_int_equal(json_int_of(self, "pid"), pid);
@@ -1179,7 +1199,7 @@ static void test_connection_handed_over(void **state)
 	assert_int_equal(json_array_size(json_object_get(j, "clients")), 1);
 	json_decref(j);
 	/* The quota of nobody, which root is not held to. */
-	int q[2];
+	int q[2], s, st;
 	assert_int_equal(pipe2(q, O_CLOEXEC | O_NONBLOCK), 0);
 	for (int i = 0; i < 3; i++)
 		assert_int_equal(rd_add(h, q[0], (uint64_t)i + 1, RD_READABLE, RD_EDGE), 0);
@@ -1264,6 +1284,45 @@ static void test_connection_handed_over(void **state)
 	close(q[1]);
 	extra_stop(fx, idle);
 	finish(fx);
+}
+
+
+/* A group holds a descriptor of its own, so it counts as one registration of the uid
+ * that makes it: joining each registration to a group of its own must not let a uid at
+ * its quota hold twice its share (and, with the default quota of half the daemon's
+ * descriptors, all of them). */
+static void test_groups_count_in_uid_quota(void **state)
+{
+	struct fixture *fx = *state;
+	int sp[2];
+	rd_client *h;
+	int idle = start_nobodys(fx, sp, &h, NULL);
+	int q[2];
+	assert_int_equal(pipe2(q, O_CLOEXEC | O_NONBLOCK), 0);
+	assert_int_equal(rd_add(h, q[0], 1, RD_READABLE, RD_ONESHOT), 0);
+	assert_int_equal(rd_add(h, q[0], 2, RD_READABLE, RD_ONESHOT), 0);
+	assert_int_equal(rd_join(h, 1, "a"), 0);          /* 2 registrations + 1 group */
+	assert_int_equal(rd_join(h, 2, "b"), -EDQUOT);    /* a second group: over */
+	assert_int_equal(rd_add(h, q[0], 3, RD_READABLE, RD_ONESHOT), -EDQUOT);
+	/* Joining a group that exists costs nothing. */
+	assert_int_equal(rd_join(h, 2, "a"), 0);
+	/* The group ends with its last member, and gives its share back. */
+	assert_int_equal(rd_delete(h, 1), 0);
+	assert_int_equal(rd_delete(h, 2), 0);
+	assert_int_equal(rd_add(h, q[0], 4, RD_READABLE, RD_ONESHOT), 0);
+	assert_int_equal(rd_add(h, q[0], 5, RD_READABLE, RD_ONESHOT), 0);
+	assert_int_equal(rd_join(h, 4, "c"), 0);
+	assert_int_equal(rd_add(h, q[0], 6, RD_READABLE, RD_ONESHOT), -EDQUOT);
+	/* Still served: the member is woken through its group. */
+	assert_int_equal(write(q[1], "x", 1), 1);
+	assert_true(wait_token(h, 4) & RD_READABLE);
+	bystander_check(&fx->by_extra);
+	rd_close(h);
+	close(q[0]);
+	close(q[1]);
+	close(sp[0]);
+	close(sp[1]);
+	extra_stop(fx, idle);
 }
 
 /* ---- configs that do not parse */
@@ -1493,6 +1552,7 @@ int main(void)
 		T(test_sigstopped_client),
 		T(test_other_clients_tokens),
 		T(test_connection_handed_over),
+		T(test_groups_count_in_uid_quota),
 		T(test_bad_config),
 	};
 	int failed = cmocka_run_group_tests_name("hostile2", tests, group_setup, group_teardown);
