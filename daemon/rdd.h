@@ -232,7 +232,8 @@ int rdd_upgrade_restore(struct rdd *d, int fd);
 
 /* reload.c: the configuration file, applied at start and again on SIGHUP. */
 struct rdd_config;
-void rdd_config_apply(struct rdd *d, const struct rdd_config *cfg);
+/* Takes cfg->policy (leaving NULL there): applying cannot fail half-way. */
+void rdd_config_apply(struct rdd *d, struct rdd_config *cfg);
 /* Read the config file again; on error keep the running one and say why in err. */
 int rdd_reload(struct rdd *d, char *err, size_t errlen);
 

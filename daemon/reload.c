@@ -1,5 +1,6 @@
 /* Applying the configuration file: at start, and again on SIGHUP, when a file that does
  * not parse leaves the running configuration as it was. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -9,7 +10,7 @@
 #include "log.h"
 #include "rdd.h"
 
-void rdd_config_apply(struct rdd *d, const struct rdd_config *cfg)
+void rdd_config_apply(struct rdd *d, struct rdd_config *cfg)
 {
 	struct rdd_limits *l = &d->lim;
 	uint32_t fd_cap = (uint32_t)(d->nofile > RDD_FD_RESERVE + 16 ? d->nofile - RDD_FD_RESERVE : 16);
@@ -29,16 +30,11 @@ void rdd_config_apply(struct rdd *d, const struct rdd_config *cfg)
 		l->max_fds = cfg->max_fds;
 	l->regs_per_uid = cfg->regs_per_uid ? cfg->regs_per_uid : l->max_fds / 2;
 
+	/* Taken over, not copied: a copy could fail for want of memory, and a daemon
+	 * without its policy would admit everyone. */
 	free(d->policy);
-	d->policy = NULL;
-	if (cfg->policy) {
-		d->policy = malloc(sizeof(*d->policy));
-		if (d->policy)
-			*d->policy = *cfg->policy;
-		else
-			log_err("out of memory keeping the policy: admitting only root and uid %u",
-				(unsigned)getuid());
-	}
+	d->policy = cfg->policy;
+	cfg->policy = NULL;
 }
 
 static bool in(const uint32_t *ids, uint32_t n, uint32_t id)
@@ -68,14 +64,18 @@ bool rdd_may_connect(const struct rdd *d, int fd, uid_t uid, gid_t gid)
 		return true;
 	if (p->n_allow_gids == 0)
 		return false;
-	gid_t groups[256];
-	socklen_t len = sizeof(groups);
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
-		return false;
-	for (size_t i = 0; i < len / sizeof(gid_t); i++)
-		if (in(p->allow_gids, p->n_allow_gids, groups[i]))
-			return true;
-	return false;
+	/* Most peers have a few groups; the kernel says how much room more need. */
+	gid_t small[256], *groups = small;
+	socklen_t len = sizeof(small);
+	int r = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+	if (r < 0 && errno == ERANGE && (groups = malloc(len)) != NULL)
+		r = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len);
+	bool ok = false;
+	for (size_t i = 0; r == 0 && !ok && i < len / sizeof(gid_t); i++)
+		ok = in(p->allow_gids, p->n_allow_gids, groups[i]);
+	if (groups != small)
+		free(groups);
+	return ok; /* refused when the groups cannot be had: the policy fails closed */
 }
 
 int rdd_reload(struct rdd *d, char *err, size_t errlen)

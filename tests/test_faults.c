@@ -12,6 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../client/readyd.h"
@@ -185,12 +188,71 @@ static void test_work_list_out_of_memory(void **state)
 	unlink(log);
 }
 
+/* What nobody (uid 65534) gets from rd_open on sock: 0 or -errno. */
+static int nobody_opens(const char *sock)
+{
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		rd_client *c;
+		if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+			_exit(100);
+		int r = rd_open(&c, sock);
+		if (r == 0)
+			rd_close(c);
+		_exit(-r);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_not_equal(WEXITSTATUS(st), 100);
+	return -WEXITSTATUS(st);
+}
+
+/* A reload that runs out of memory at any allocation keeps a policy in force: the old
+ * or the new one, never none (which would admit everyone). */
+static void test_reload_out_of_memory_keeps_policy(void **state)
+{
+	(void)state;
+	if (geteuid() != 0) {
+		print_message("SKIP: needs root to change uid\n");
+		skip();
+	}
+	signal(SIGPIPE, SIG_IGN);
+	struct rdt_daemon d;
+	assert_int_equal(rdt_daemon_start(&d, "{\"policy\":{\"allow_uids\":[0]}}"), 0);
+	assert_int_equal(chmod(d.dir, 0755), 0);
+	rd_client *ctl = NULL;
+	assert_int_equal(rd_open(&ctl, d.sock), 0);
+	if (!fail_alloc(ctl, 0)) {
+		rd_close(ctl);
+		assert_int_equal(rdt_daemon_stop(&d), 0);
+		skip();
+	}
+	assert_int_equal(nobody_opens(d.sock), -EACCES);
+	for (int n = 1; n <= ROUNDS / 2; n++) {
+		fail_alloc(ctl, n);
+		char *text = NULL;
+		int r = rd_control(ctl, "{\"command\":\"reload\"}", &text);
+		assert_true(call_ok(r));
+		if (r == 0)
+			free(text);
+		fail_alloc(ctl, 0);
+		if (nobody_opens(d.sock) != -EACCES)
+			fail_msg("after a reload whose allocation %d failed, nobody may connect", n);
+	}
+	rd_close(ctl);
+	assert_int_equal(rdt_daemon_stop(&d), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_every_allocation_fails_once, rdt_fd_setup,
 						rdt_fd_teardown),
 		cmocka_unit_test_setup_teardown(test_work_list_out_of_memory, rdt_fd_setup,
+						rdt_fd_teardown),
+		cmocka_unit_test_setup_teardown(test_reload_out_of_memory_keeps_policy, rdt_fd_setup,
 						rdt_fd_teardown),
 	};
 	return cmocka_run_group_tests_name("faults", tests, NULL, NULL);

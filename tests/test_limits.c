@@ -2,6 +2,7 @@
  * that never say HELLO, and the per-uid registration quota. Each test checks the
  * bystander keeps being served and that fds come back. */
 #include <errno.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -131,11 +132,49 @@ static void test_registrations_per_uid(void **state)
 	assert_int_equal(rdt_daemon_stop(&d), 0);
 }
 
+/* allow_gids admits a peer by any of its supplementary groups, however many it has:
+ * here 300, more than a first SO_PEERGROUPS buffer of 256 holds, the allowed one last.
+ * A peer in none of them stays out. */
+static void test_allow_gids_many_groups(void **state)
+{
+	(void)state;
+	if (geteuid() != 0)
+		skip();
+	struct rdt_daemon d;
+	assert_int_equal(rdt_daemon_start(&d, "{\"policy\": {\"allow_gids\": [41299]}}"), 0);
+	assert_int_equal(chmod(d.dir, 0755), 0);
+	int idle = rdt_count_fds(d.pid);
+	for (int last = 41299; last >= 41298; last--) {
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			gid_t g[300];
+			for (int i = 0; i < 300; i++)
+				g[i] = (gid_t)(last - 299 + i);
+			if (setgroups(300, g) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+				_exit(10);
+			rd_client *c = NULL;
+			int r = rd_open(&c, d.sock);
+			if (r == 0)
+				rd_close(c);
+			_exit(r == 0 ? 0 : r == -EACCES ? 1 : 2);
+		}
+		int st;
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+		assert_true(WIFEXITED(st));
+		/* groups 41000..41299 include the allowed one; 40999..41298 do not */
+		assert_int_equal(WEXITSTATUS(st), last == 41299 ? 0 : 1);
+	}
+	assert_int_equal(rdt_wait_fds(d.pid, idle), idle);
+	assert_int_equal(rdt_daemon_stop(&d), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_handshake_timeout, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_registrations_per_uid, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_allow_gids_many_groups, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("limits", tests, NULL, NULL);
 }

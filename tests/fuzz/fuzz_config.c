@@ -33,7 +33,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
-static void check_accepted(const struct rdd_config *cfg)
+static void check_accepted(struct rdd_config *cfg)
 {
 	bool ok = true;
 	if (cfg->socket)
@@ -55,9 +55,11 @@ static void check_accepted(const struct rdd_config *cfg)
 
 	/* Apply it as the daemon does at start, to a daemon of its own. */
 	struct rdd d = { .cmdline_log_level = rdd_log_get_level(), .nofile = 1024 };
-	rdd_config_apply(&d, cfg);
+	bool had_policy = cfg->policy != NULL;
+	rdd_config_apply(&d, cfg); /* takes the policy */
 	if (d.lim.regs_per_client == 0 || d.lim.clients_per_uid == 0 || d.lim.out_max == 0 ||
-	    d.lim.max_fds == 0 || d.lim.max_fds > 1024 || (cfg->policy && !d.policy)) {
+	    d.lim.max_fds == 0 || d.lim.max_fds > 1024 || had_policy != (d.policy != NULL) ||
+	    cfg->policy) {
 		fprintf(stderr, "fuzz-config: applying an accepted config left a zero limit\n");
 		abort();
 	}
