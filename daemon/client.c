@@ -413,6 +413,11 @@ static bool out_pending(const struct rdd_client *c);
  * not read holds one socket until it does, or goes). */
 void rdd_client_kick(struct rdd *d, struct rdd_client *c, uint32_t err, uint32_t reason)
 {
+	if (c->kicked)
+		return; /* its ERROR is already waiting to go */
+	/* Out of the fd store now, not when the ERROR is out: a crash meanwhile must not
+	 * bring the connection back as a client to resync. */
+	rdd_notify_fdstore_remove(d, c);
 	drop_registrations(d, c);
 	c->out_off = c->out_len = 0;
 	c->in_pending = false;

@@ -283,8 +283,9 @@ uint32_t rdd_group_join(struct rdd *d, struct rdd_client *c, uint32_t reg, const
 		log_debug("group %s: EPOLL_CTL_DEL member: %s", name, strerror(errno));
 	r->state |= RDD_REG_GROUPED;
 	/* A member that joins already woken (its oneshot fired before) holds that
-	 * readiness: nobody else is woken for it until it re-arms. */
-	if ((r->state & RDD_REG_DISARMED) && g->holder == RDD_NIL)
+	 * readiness: nobody else is woken for it until it re-arms. Not when an upgrade
+	 * puts members back: who held the wakeup was saved, and is restored as it was. */
+	if (!restoring && (r->state & RDD_REG_DISARMED) && g->holder == RDD_NIL)
 		g->holder = reg;
 	group_arm(d, g);
 	return 0;

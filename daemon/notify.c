@@ -57,6 +57,7 @@ int rdd_notify_init(struct rdd *d)
 	d->timer_fd = fd;
 	d->nfds++;
 	d->last_status_usec = rdd_now_usec(CLOCK_MONOTONIC);
+	d->last_status_events = d->events_delivered; /* restored by an upgrade: a total */
 	if (d->watchdog_usec)
 		log_info("watchdog: keep-alive every %llu ms",
 			 (unsigned long long)(period / 1000));

@@ -157,11 +157,15 @@ static int check_binary(const char *binary, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: %s", binary, strerror(errno));
 		return -errno;
 	}
-	if (pipe2(p, O_CLOEXEC) < 0)
-		return -errno;
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		int r = -errno;
+		snprintf(err, errlen, "checking %s: pipe: %s", binary, strerror(-r));
+		return r;
+	}
 	pid_t pid = fork();
 	if (pid < 0) {
 		int r = -errno;
+		snprintf(err, errlen, "checking %s: fork: %s", binary, strerror(-r));
 		close(p[0]);
 		close(p[1]);
 		return r;
@@ -209,6 +213,12 @@ int rdd_upgrade(struct rdd *d, const char *binary, struct rdd_client *requester,
 		char *err, size_t errlen)
 {
 	int r;
+	if (d->stopping) {
+		/* A stop asked for in this same turn of the loop must not be lost in the
+		 * new program, which would know nothing of it. */
+		snprintf(err, errlen, "the daemon is stopping");
+		return -ESHUTDOWN;
+	}
 	if (!d->argv) {
 		snprintf(err, errlen, "the daemon's command line is unknown");
 		return -EINVAL;

@@ -249,6 +249,48 @@ static void test_group_survives_upgrade(void **state)
 	close(l);
 }
 
+/* Members that joined already woken (each added while the file was ready, then joined,
+ * as the prefork example and the library's replay do), the first of which has re-armed
+ * since: nobody holds the wakeup. A live upgrade keeps it that way, so the next
+ * connection wakes the armed member (it used to make the disarmed one the holder, and
+ * then nobody was woken). */
+static void test_group_holder_kept_by_upgrade(void **state)
+{
+	(void)state;
+	uint16_t port;
+	int l = listener(&port);
+	int s0 = dial(port); /* the listener is ready from here on */
+	rd_client *w[2];
+	for (int i = 0; i < 2; i++) {
+		struct rd_event ev;
+		assert_int_equal(rd_open(&w[i], rdt_suite.sock), 0);
+		assert_int_equal(rd_add(w[i], l, 80, RD_READABLE, RD_ONESHOT), 0);
+		assert_int_equal(rd_wait(w[i], &ev, 1, PATIENCE_MS), 1);
+		assert_int_equal(ev.token, 80);
+		assert_int_equal(rd_join(w[i], 80, "held"), 0); /* the first joins as holder */
+	}
+	int a = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(a >= 0);
+	close(a);
+	close(s0);
+	assert_int_equal(rd_rearm(w[0], 80), 0); /* the holder re-arms: nobody holds */
+	char *text = NULL;
+	assert_int_equal(rd_control(w[0], "{\"command\":\"upgrade\"}", &text), 0);
+	assert_non_null(strstr(text, "\"upgraded\":true"));
+	free(text);
+	int s1 = dial(port);
+	assert_int_equal(woken(w, 2), 0); /* the one armed member */
+	a = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(a >= 0);
+	close(a);
+	close(s1);
+	assert_int_equal(rd_rearm(w[0], 80), 0);
+	assert_int_equal(rd_rearm(w[1], 80), 0);
+	rd_close(w[0]);
+	rd_close(w[1]);
+	close(l);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -256,6 +298,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_leaving_member_passes_wakeup, rdt_test_setup, rdt_test_teardown),
 		cmocka_unit_test_setup_teardown(test_join_errors, rdt_test_setup, rdt_test_teardown),
 		cmocka_unit_test_setup_teardown(test_group_survives_upgrade, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_group_holder_kept_by_upgrade, rdt_test_setup, rdt_test_teardown),
 	};
 	return cmocka_run_group_tests_name("group", tests, rdt_suite_setup, rdt_suite_teardown);
 }
