@@ -49,9 +49,18 @@ static void usage(FILE *f)
 static rd_client *conn;
 static int json_out;
 
-/* Send one request; returns the parsed answer when it says "ok", else prints the error
- * and returns NULL with *rc set. */
+/* Send one request on our connection (see readyctl_ask). */
 static json_t *ask(json_t *req, int *rc)
+{
+	return readyctl_ask(conn, req, json_out, rc);
+}
+
+static json_t *get_clients(int *rc)
+{
+	return readyctl_clients(conn, json_out, rc);
+}
+
+json_t *readyctl_ask(rd_client *c, json_t *req, bool print, int *rc)
 {
 	char *text = json_dumps(req, JSON_COMPACT), *reply = NULL;
 	json_decref(req);
@@ -59,7 +68,7 @@ static json_t *ask(json_t *req, int *rc)
 		*rc = EXIT_FAIL;
 		return NULL;
 	}
-	int r = rd_control(conn, text, &reply);
+	int r = rd_control(c, text, &reply);
 	free(text);
 	if (r < 0) {
 		fprintf(stderr, "readyctl: %s\n", strerror(-r));
@@ -67,7 +76,7 @@ static json_t *ask(json_t *req, int *rc)
 		return NULL;
 	}
 	json_t *j = json_loads(reply, 0, NULL);
-	if (json_out)
+	if (print)
 		printf("%s\n", reply);
 	free(reply);
 	if (!j) {
@@ -145,10 +154,31 @@ out:
 	return rc;
 }
 
-static json_t *get_clients(int *rc)
+json_t *readyctl_clients(rd_client *c, bool print, int *rc)
 {
-	return ask(json_pack("{s:s}", "command", "clients"), rc);
+	json_t *all = NULL;
+	json_int_t offset = 0;
+	/* Bounded: each page moves the offset on, and there are fewer than 2^31 clients. */
+	while (offset >= 0) {
+		json_t *j = readyctl_ask(c, json_pack("{s:s, s:I}", "command", "clients", "offset",
+						      offset), print, rc);
+		if (!j) {
+			json_decref(all);
+			return NULL;
+		}
+		json_t *next = json_object_get(j, "next_offset");
+		json_int_t n = json_is_integer(next) ? json_integer_value(next) : -1;
+		offset = n > offset ? n : -1;
+		if (!all) {
+			all = j;
+			continue;
+		}
+		json_array_extend(json_object_get(all, "clients"), json_object_get(j, "clients"));
+		json_decref(j);
+	}
+	return all;
 }
+
 
 static int cmd_clients(void)
 {
@@ -232,18 +262,21 @@ static int show_registrations(long long id, int *header)
 	return rc;
 }
 
-static int cmd_registrations(const char *arg)
+/* A client id from the command line: a whole number from 1. */
+static bool parse_id(const char *arg, long long *id)
+{
+	char *end;
+	errno = 0;
+	*id = arg ? strtoll(arg, &end, 10) : 0;
+	return arg && !errno && end != arg && !*end && *id > 0;
+}
+
+/* id 0: every client's that 'clients' shows. */
+static int cmd_registrations(long long id)
 {
 	int header = 0;
-	if (arg) {
-		char *end;
-		long long id = strtoll(arg, &end, 10);
-		if (*end || id <= 0) {
-			fprintf(stderr, "readyctl: CLIENT must be a client id, as 'readyctl clients' shows\n");
-			return EXIT_USAGE;
-		}
+	if (id)
 		return show_registrations(id, &header);
-	}
 	int saved = json_out, rc = EXIT_OK;
 	json_out = 0; /* the client list is a means here, not an answer to print */
 	json_t *j = get_clients(&rc);
@@ -263,14 +296,8 @@ static int cmd_registrations(const char *arg)
 	return rc;
 }
 
-static int cmd_disconnect(const char *arg)
+static int cmd_disconnect(long long id)
 {
-	char *end;
-	long long id = arg ? strtoll(arg, &end, 10) : 0;
-	if (!arg || *end || id <= 0) {
-		fprintf(stderr, "readyctl: disconnect needs a client id, as 'readyctl clients' shows\n");
-		return EXIT_USAGE;
-	}
 	int rc = EXIT_OK;
 	json_t *j = ask(json_pack("{s:s, s:I}", "command", "disconnect", "client", (json_int_t)id), &rc);
 	if (j && !json_out)
@@ -390,6 +417,17 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 
+	/* Arguments are checked before connecting: a usage error is one with or without
+	 * a daemon. */
+	long long id = 0;
+	if ((strcmp(cmd, "registrations") == 0 && arg) || strcmp(cmd, "disconnect") == 0) {
+		if (!parse_id(arg, &id)) {
+			fprintf(stderr, "readyctl: %s needs a client id, as 'readyctl clients' shows\n",
+				cmd);
+			return EXIT_USAGE;
+		}
+	}
+
 	char shown[108];
 	int r = rd_open(&conn, path);
 	if (r < 0) {
@@ -405,11 +443,11 @@ int main(int argc, char **argv)
 	else if (strcmp(cmd, "clients") == 0)
 		rc = cmd_clients();
 	else if (strcmp(cmd, "registrations") == 0)
-		rc = cmd_registrations(arg);
+		rc = cmd_registrations(id);
 	else if (strcmp(cmd, "limits") == 0)
 		rc = cmd_limits();
 	else if (strcmp(cmd, "disconnect") == 0)
-		rc = cmd_disconnect(arg);
+		rc = cmd_disconnect(id);
 	else if (strcmp(cmd, "reload") == 0)
 		rc = cmd_reload();
 	else if (strcmp(cmd, "upgrade") == 0)
@@ -419,5 +457,13 @@ int main(int argc, char **argv)
 		rc = readyctl_top(conn, &top);
 	}
 	rd_close(conn);
+	/* Output that could not be written is a failure (readyctl status > /dev/full); a
+	 * reader that went away (readyctl clients | head -1) is not. */
+	errno = 0;
+	if ((fflush(stdout) != 0 || ferror(stdout)) && errno != EPIPE && rc == EXIT_OK) {
+		fprintf(stderr, "readyctl: writing the output: %s\n",
+			errno ? strerror(errno) : "error");
+		rc = EXIT_FAIL;
+	}
 	return rc;
 }

@@ -126,30 +126,6 @@ static long long num(json_t *o, const char *key)
 	return (long long)json_integer_value(json_object_get(o, key));
 }
 
-/* One control-plane request; the answer when it says "ok", else NULL after saying why. */
-static json_t *fetch(rd_client *c, const char *command)
-{
-	char req[64], *reply = NULL;
-	snprintf(req, sizeof(req), "{\"command\":\"%s\"}", command);
-	int r = rd_control(c, req, &reply);
-	if (r < 0) {
-		fprintf(stderr, "readyctl: %s\n", strerror(-r));
-		return NULL;
-	}
-	json_t *j = json_loads(reply, 0, NULL);
-	free(reply);
-	if (!j) {
-		fprintf(stderr, "readyctl: the daemon's answer is not JSON\n");
-		return NULL;
-	}
-	if (!json_is_true(json_object_get(j, "ok"))) {
-		const char *e = json_string_value(json_object_get(j, "error"));
-		fprintf(stderr, "readyctl: readyd: %s\n", e ? e : "request failed");
-		json_decref(j);
-		return NULL;
-	}
-	return j;
-}
 
 static int by_id(const void *a, const void *b)
 {
@@ -288,8 +264,9 @@ static int render_json(json_t *status, const struct top_row *rows, size_t n, dou
 static int refresh(struct top *t)
 {
 	uint64_t at = now_usec(CLOCK_MONOTONIC);
-	json_t *status = fetch(t->c, "status");
-	json_t *clients = status ? fetch(t->c, "clients") : NULL;
+	int rc = EXIT_OK;
+	json_t *status = readyctl_ask(t->c, json_pack("{s:s}", "command", "status"), false, &rc);
+	json_t *clients = status ? readyctl_clients(t->c, false, &rc) : NULL;
 	if (!clients) {
 		json_decref(status);
 		return EXIT_FAIL;
@@ -342,7 +319,7 @@ static int refresh(struct top *t)
 	qsort(rows, n, sizeof(*rows), by_rate);
 	qsort(next, n, sizeof(*next), by_id);
 
-	int rc = EXIT_OK;
+	rc = EXIT_OK;
 	if (t->o->json) {
 		if (render_json(status, rows, n, total_rate) < 0)
 			rc = EXIT_FAIL;

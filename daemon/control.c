@@ -16,13 +16,69 @@
 #include "../proto/rdp.h"
 #include "rdd.h"
 
-/* Registrations per answer, so that one always fits in a message. */
-#define REGS_PAGE 256
+/* Entries per page of clients or registrations; a page that does not fit in a message
+ * is answered with half as many, and so on (rdd_control). */
+#define PAGE_MAX 256
+
+/* "offset" of a paged request: absent is 0. Returns false for anything but an integer
+ * from 0 up. */
+static bool page_offset(json_t *req, json_int_t *offset)
+{
+	json_t *o = json_object_get(req, "offset");
+	*offset = o ? json_integer_value(o) : 0;
+	return !o || (json_is_integer(o) && *offset >= 0);
+}
+
+/* The answer of a paged command: entries [offset, offset + n) of total. */
+static json_t *page_reply(const char *what, json_t *arr, json_int_t offset, json_int_t total,
+			  json_t *extra_key, json_int_t extra)
+{
+	json_int_t next = offset + (json_int_t)json_array_size(arr);
+	json_t *r = json_pack("{s:b, s:I, s:I, s:o, s:o}", "ok", 1, "total", total, "offset", offset,
+			      what, arr, "next_offset", next < total ? json_integer(next) : json_null());
+	if (r && extra_key && json_object_set_new(r, json_string_value(extra_key),
+						  json_integer(extra)) < 0) {
+		json_decref(r);
+		r = NULL;
+	}
+	json_decref(extra_key);
+	return r;
+}
+
+/* Make s valid UTF-8 in place: every byte that does not start or continue a whole,
+ * shortest-form sequence becomes '?'. Text cut short by a precision or a buffer may end
+ * in half a character, which JSON cannot carry. */
+static void utf8_mend(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+	while (*p) {
+		size_t n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3
+			 : (*p & 0xf8) == 0xf0 ? 4 : 0;
+		size_t k = 1;
+		while (n > 1 && k < n && (p[k] & 0xc0) == 0x80)
+			k++;
+		uint32_t cp = n == 2 ? (p[0] & 0x1fu) << 6 | (p[1] & 0x3f)
+			    : n == 3 ? (p[0] & 0x0fu) << 12 | (p[1] & 0x3fu) << 6 | (p[2] & 0x3f)
+			    : n == 4 ? (p[0] & 0x07u) << 18 | (p[1] & 0x3fu) << 12 |
+					       (p[2] & 0x3fu) << 6 | (p[3] & 0x3f)
+				     : 0;
+		bool ok = n == 1 || (n > 1 && k == n &&
+				     ((n == 2 && cp >= 0x80) || (n == 3 && cp >= 0x800 &&
+				      (cp < 0xd800 || cp > 0xdfff)) || (n == 4 && cp >= 0x10000 &&
+				      cp <= 0x10ffff)));
+		if (!ok) {
+			*p++ = '?';
+			continue;
+		}
+		p += n;
+	}
+}
 
 static json_t *error_reply(const char *fmt, const char *arg)
 {
 	char text[640];
 	snprintf(text, sizeof(text), fmt, arg);
+	utf8_mend(text);
 	return json_pack("{s:b, s:s}", "ok", 0, "error", text);
 }
 
@@ -53,14 +109,19 @@ static bool may_see(struct rdd *d, const struct rdd_client *self, const struct r
 	return c->uid == self->uid || rdd_is_admin(d, self->uid);
 }
 
-static json_t *clients(struct rdd *d, struct rdd_client *self)
+static json_t *clients(struct rdd *d, struct rdd_client *self, json_t *req, json_int_t page)
 {
+	json_int_t offset, seen = 0;
+	if (!page_offset(req, &offset))
+		return error_reply("%s", "\"offset\" must be an integer from 0 up");
 	json_t *arr = json_array();
 	if (!arr)
 		return NULL;
 	for (uint32_t i = 0; i < d->nclients_cap; i++) {
 		struct rdd_client *c = d->clients[i];
 		if (!c || !may_see(d, self, c))
+			continue;
+		if (seen++ < offset || (json_int_t)json_array_size(arr) >= page)
 			continue;
 		json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:s, s:I, s:I, s:I, s:I, s:b}", "id",
 				      (json_int_t)c->id, "pid", (json_int_t)c->pid, "uid",
@@ -74,7 +135,7 @@ static json_t *clients(struct rdd *d, struct rdd_client *self)
 			return NULL;
 		}
 	}
-	return json_pack("{s:b, s:o}", "ok", 1, "clients", arr);
+	return page_reply("clients", arr, offset, seen, NULL, 0);
 }
 
 static struct rdd_client *find_client(struct rdd *d, json_int_t id)
@@ -137,7 +198,8 @@ static json_t *bits(uint32_t v, const char *const *names, unsigned n)
 	return a;
 }
 
-static json_t *registrations(struct rdd *d, struct rdd_client *self, json_t *req)
+static json_t *registrations(struct rdd *d, struct rdd_client *self, json_t *req,
+			     json_int_t page)
 {
 	static const char *const interest[] = { "readable", "writable", "priority" };
 	static const char *const ready[] = { "readable", "writable", "priority",
@@ -151,9 +213,9 @@ static json_t *registrations(struct rdd *d, struct rdd_client *self, json_t *req
 		if (!c || !may_see(d, self, c))
 			return error_reply("%s", "no such client (or not yours to see)");
 	}
-	json_int_t offset = json_integer_value(json_object_get(req, "offset"));
-	if (offset < 0)
-		offset = 0;
+	json_int_t offset;
+	if (!page_offset(req, &offset))
+		return error_reply("%s", "\"offset\" must be an integer from 0 up");
 
 	json_t *arr = json_array();
 	json_int_t seen = 0;
@@ -161,7 +223,7 @@ static json_t *registrations(struct rdd *d, struct rdd_client *self, json_t *req
 		uint32_t slot = c->map.slots[i];
 		if (slot == RDD_NIL)
 			continue;
-		if (seen++ < offset || json_array_size(arr) >= REGS_PAGE)
+		if (seen++ < offset || (json_int_t)json_array_size(arr) >= page)
 			continue;
 		const struct rdd_reg *r = rdd_slab_at(&d->slab, slot);
 		char tok[24];
@@ -179,10 +241,8 @@ static json_t *registrations(struct rdd *d, struct rdd_client *self, json_t *req
 	}
 	if (!arr)
 		return NULL;
-	json_int_t next = offset + (json_int_t)json_array_size(arr);
-	return json_pack("{s:b, s:I, s:I, s:I, s:o, s:o}", "ok", 1, "client", (json_int_t)c->id,
-			 "total", (json_int_t)c->nregs, "offset", offset, "registrations", arr,
-			 "next_offset", next < (json_int_t)c->nregs ? json_integer(next) : json_null());
+	return page_reply("registrations", arr, offset, (json_int_t)c->nregs, json_string("client"),
+			  (json_int_t)c->id);
 }
 
 static json_t *disconnect(struct rdd *d, struct rdd_client *self, json_t *req)
@@ -226,6 +286,28 @@ static json_t *upgrade(struct rdd *d, struct rdd_client *self, uint32_t id, json
 	return error_reply("upgrade failed: %s", err);
 }
 
+/* A page of clients or registrations, as many entries as fit in one message: group
+ * names of escaped characters or long pending sets can make 256 too many. */
+static char *paged(struct rdd *d, struct rdd_client *c, json_t *j, bool of_clients)
+{
+	char *s = NULL;
+	for (json_int_t page = PAGE_MAX; page > 0 && !s; page /= 2) {
+		json_t *reply = of_clients ? clients(d, c, j, page) : registrations(d, c, j, page);
+		if (!reply)
+			break;
+		s = json_dumps(reply, JSON_COMPACT);
+		json_decref(reply);
+		if (!s)
+			break;
+		if (strlen(s) > RDP_MSG_MAX - RDP_HDR_SIZE) {
+			free(s);
+			s = NULL;
+		}
+	}
+	json_decref(j);
+	return s;
+}
+
 char *rdd_control(struct rdd *d, struct rdd_client *c, uint32_t id, const char *req, size_t len)
 {
 	json_error_t jerr;
@@ -245,10 +327,8 @@ char *rdd_control(struct rdd *d, struct rdd_client *c, uint32_t id, const char *
 			reply = status(d);
 		else if (strcmp(cmd, "limits") == 0)
 			reply = limits(d);
-		else if (strcmp(cmd, "clients") == 0)
-			reply = clients(d, c);
-		else if (strcmp(cmd, "registrations") == 0)
-			reply = registrations(d, c, j);
+		else if (strcmp(cmd, "clients") == 0 || strcmp(cmd, "registrations") == 0)
+			return paged(d, c, j, cmd[0] == 'c');
 		else if (strcmp(cmd, "disconnect") == 0)
 			reply = disconnect(d, c, j);
 		else if (strcmp(cmd, "upgrade") == 0)

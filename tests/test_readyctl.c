@@ -482,6 +482,104 @@ static void test_top_usage(void **state)
 	assert_non_null(strstr(out, "cannot connect"));
 }
 
+/* Lines of out that start with a number (a table's rows). */
+static int rows(const char *out)
+{
+	int n = 0;
+	for (const char *p = out; *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : p + strlen(p)) {
+		while (*p == ' ')
+			p++;
+		n += *p >= '0' && *p <= '9';
+	}
+	return n;
+}
+
+/* More connections than one answer of "clients" holds (about 400 made it overflow a
+ * message): the daemon pages them, readyctl follows the pages; registrations too, with
+ * group names that JSON escapes to twice their length. A bad offset and a command name
+ * cut in half a character get clear errors. */
+static void test_control_pages_and_errors(void **state)
+{
+	(void)state;
+	enum { CONNS = 450, REGS = 300 };
+	static char out[1 << 20];
+	rd_client *c[CONNS];
+	for (int i = 0; i < CONNS; i++)
+		assert_int_equal(rd_open(&c[i], daemon_.sock), 0);
+	json_t *j = control(c[0], "{\"command\":\"clients\"}");
+	assert_true(json_is_true(json_object_get(j, "ok")));
+	assert_int_equal(json_integer_value(json_object_get(j, "total")), CONNS);
+	assert_int_equal(json_array_size(json_object_get(j, "clients")), 256);
+	assert_int_equal(json_integer_value(json_object_get(j, "next_offset")), 256);
+	json_decref(j);
+	assert_int_equal(run_readyctl("clients", out, sizeof(out)), 0);
+	assert_int_equal(rows(out), CONNS + 1); /* and readyctl's own */
+	for (int i = 1; i < CONNS; i++)
+		rd_close(c[i]);
+
+	int p[2];
+	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	for (int i = 0; i < REGS; i++) {
+		char name[33];
+		snprintf(name, sizeof(name), "\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\\%03d", i);
+		assert_int_equal(rd_add(c[0], p[0], (uint64_t)i, RD_READABLE, RD_ONESHOT), 0);
+		assert_int_equal(rd_join(c[0], (uint64_t)i, name), 0);
+	}
+	j = control(c[0], "{\"command\":\"registrations\"}");
+	assert_true(json_is_true(json_object_get(j, "ok")));
+	assert_int_equal(json_integer_value(json_object_get(j, "total")), REGS);
+	size_t first = json_array_size(json_object_get(j, "registrations"));
+	assert_int_equal(json_integer_value(json_object_get(j, "next_offset")), (json_int_t)first);
+	json_decref(j);
+	char args[64];
+	j = control(c[0], "{\"command\":\"clients\"}");
+	snprintf(args, sizeof(args), "registrations %lld",
+		 (long long)json_integer_value(json_object_get(
+			 json_array_get(json_object_get(j, "clients"), 0), "id")));
+	json_decref(j);
+	assert_int_equal(run_readyctl(args, out, sizeof(out)), 0);
+	assert_int_equal(rows(out), REGS);
+
+	j = control(c[0], "{\"command\":\"registrations\",\"offset\":-5}");
+	assert_string_equal(json_string_value(json_object_get(j, "error")),
+			    "\"offset\" must be an integer from 0 up");
+	json_decref(j);
+	j = control(c[0], "{\"command\":\"clients\",\"offset\":\"abc\"}");
+	assert_false(json_is_true(json_object_get(j, "ok")));
+	json_decref(j);
+	/* 63 bytes of name and then a 2-byte character: cut to 64 bytes, it is mended. */
+	j = control(c[0], "{\"command\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xc3\xa9\"}");
+	assert_non_null(strstr(json_string_value(json_object_get(j, "error")), "unknown command"));
+	json_decref(j);
+
+	rd_close(c[0]);
+	close(p[0]);
+	close(p[1]);
+}
+
+/* Usage errors are told before connecting, with or without a daemon; output that cannot
+ * be written fails. */
+static void test_readyctl_exit_statuses(void **state)
+{
+	(void)state;
+	char out[4096], cmd[1024];
+	static const char *const bad[] = { "disconnect", "disconnect abc", "registrations abc",
+					   "registrations 9223372036854775808" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(run_readyctl(bad[i], out, sizeof(out)), 2);
+		snprintf(cmd, sizeof(cmd), "exec %s --socket /nonexistent/readyd.sock %s 2>/dev/null",
+			 readyctl_, bad[i]);
+		int st = system(cmd);
+		assert_true(WIFEXITED(st));
+		assert_int_equal(WEXITSTATUS(st), 2);
+	}
+	snprintf(cmd, sizeof(cmd), "exec %s --socket %s status >/dev/full 2>/dev/null", readyctl_,
+		 daemon_.sock);
+	int st = system(cmd);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -490,6 +588,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_top_terminal, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_control_characters_in_names, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_top_usage, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_control_pages_and_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_readyctl_exit_statuses, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("readyctl", tests, group_setup, group_teardown);
 }
