@@ -14,9 +14,11 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../client/readyd.h"
+#include "../proto/rdp.h"
 #include "harness.h"
 
 #define PATIENCE_MS 5000
@@ -253,6 +255,47 @@ static void test_readyctl_upgrade_and_reload(void **state)
 	close(p[1]);
 }
 
+/* A stop and an upgrade read in the same turn of the loop: the stop wins. The daemon is
+ * stopped (SIGSTOP) while SIGTERM and an upgrade request both arrive, then resumed: it
+ * must refuse the upgrade and exit 0, not execute a new program that knows nothing of
+ * the stop. */
+static void test_stop_wins_over_upgrade(void **state)
+{
+	(void)state;
+	struct rdt_daemon d;
+	assert_int_equal(rdt_daemon_start(&d, NULL), 0);
+	int s = rdt_connect(d.sock);
+	assert_true(s >= 0);
+	assert_int_equal(rdt_hello(s), 0);
+	static const char req[] = "{\"command\":\"upgrade\"}";
+	uint8_t msg[128];
+	size_t len = rdp_encode_json(msg, sizeof(msg), RDP_MSG_CONTROL, 9, req, sizeof(req) - 1);
+	assert_true(len > 0);
+	assert_int_equal(kill(d.pid, SIGSTOP), 0);
+	assert_int_equal(kill(d.pid, SIGTERM), 0);
+	assert_int_equal(rdt_send(s, msg, len, NULL, 0), 0);
+	assert_int_equal(kill(d.pid, SIGCONT), 0);
+	int st = 0;
+	pid_t w = 0;
+	for (int i = 0; i < 100 && w == 0; i++) { /* 10 s */
+		w = waitpid(d.pid, &st, WNOHANG);
+		if (w == 0) {
+			struct timespec ts = { 0, 100 * 1000 * 1000 };
+			nanosleep(&ts, NULL);
+		}
+	}
+	if (w != d.pid) {
+		kill(d.pid, SIGKILL);
+		waitpid(d.pid, &st, 0);
+		fail_msg("the daemon went on after SIGTERM (the upgrade ran)");
+	}
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	d.pid = 0;
+	close(s);
+	(void)rdt_daemon_stop(&d); /* the socket file and directory; the daemon is gone */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -260,6 +303,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_upgrade_keeps_modes_and_queue, rdt_test_setup, rdt_test_teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_binary_choice, rdt_test_setup, rdt_test_teardown),
 		cmocka_unit_test_setup_teardown(test_readyctl_upgrade_and_reload, rdt_test_setup, rdt_test_teardown),
+		cmocka_unit_test_setup_teardown(test_stop_wins_over_upgrade, rdt_test_setup, rdt_test_teardown),
 	};
 	return cmocka_run_group_tests_name("upgrade", tests, rdt_suite_setup, rdt_suite_teardown);
 }
