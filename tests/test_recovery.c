@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "../client/readyd.h"
+#include "../proto/rdp.h"
 #include "harness.h"
 
 #define PATIENCE_MS 5000
@@ -361,12 +362,69 @@ static void test_group_back_after_reconnect(void **state)
 	assert_int_equal(rdt_daemon_stop(&d2), 0);
 }
 
+/* An admin's disconnect takes the connection out of the fd store at once, even when the
+ * client does not read and its ERROR cannot go out yet: a crash meanwhile must not hand
+ * it back to a new daemon as a client to resync. */
+static void test_disconnect_leaves_store_at_once(void **state)
+{
+	(void)state;
+	char sock[96], nsock[96];
+	snprintf(sock, sizeof(sock), "%s/readyd.sock", dir_);
+	snprintf(nsock, sizeof(nsock), "%s/notify", dir_);
+	struct store st = { .notify = bind_unix(SOCK_DGRAM, nsock) };
+	int listener = bind_unix(SOCK_SEQPACKET, sock);
+	assert_int_equal(listen(listener, 128), 0);
+	pid_t pid = start_managed(listener, &st, nsock);
+	assert_true(store_pump(&st, PATIENCE_MS, "READY=1"));
+
+	rd_client *victim, *admin;
+	assert_int_equal(rd_open(&victim, sock), 0);
+	assert_int_equal(rd_open(&admin, sock), 0);
+	for (int i = 0; i < 100 && st.n < 2; i++)
+		store_pump(&st, 50, NULL);
+	assert_int_equal(st.n, 2);
+	/* The victim asks and never reads: its socket fills, then the daemon's backlog. */
+	static const char req[] = "{\"command\":\"status\"}";
+	uint8_t msg[64];
+	size_t len = rdp_encode_json(msg, sizeof(msg), RDP_MSG_CONTROL, 1, req, sizeof(req) - 1);
+	int vfd = rd_fd(victim);
+	fcntl(vfd, F_SETFL, fcntl(vfd, F_GETFL) | O_NONBLOCK);
+	for (int i = 0; i < 20000 && send(vfd, msg, len, MSG_NOSIGNAL) == (ssize_t)len; i++)
+		;
+	char *text = NULL;
+	assert_int_equal(rd_control(admin, "{\"command\":\"clients\"}", &text), 0);
+	char *self = strstr(text, "\"self\":false");
+	assert_non_null(self);
+	char *idp = self;
+	while (idp > text && strncmp(idp, "{\"id\":", 6) != 0)
+		idp--;
+	long id = strtol(idp + 6, NULL, 10);
+	free(text);
+	char cmd[64];
+	snprintf(cmd, sizeof(cmd), "{\"command\":\"disconnect\",\"client\":%ld}", id);
+	assert_int_equal(rd_control(admin, cmd, &text), 0);
+	assert_non_null(strstr(text, "\"ok\":true"));
+	free(text);
+	assert_true(store_pump(&st, PATIENCE_MS, "FDSTOREREMOVE=1"));
+	assert_int_equal(st.n, 1); /* the admin's connection alone */
+
+	rd_close(victim);
+	rd_close(admin);
+	for (int i = 0; i < 100 && st.n > 0; i++)
+		store_pump(&st, 50, NULL);
+	assert_int_equal(st.n, 0);
+	stop(pid);
+	close(listener);
+	close(st.notify);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_crash_with_fd_store, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_crash_reconnect_by_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_group_back_after_reconnect, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_disconnect_leaves_store_at_once, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("recovery", tests, NULL, NULL);
 }
