@@ -131,6 +131,7 @@ static int cmd_status(void)
 	printf("\nclients:          %lld\n", num(j, "clients"));
 	printf("registrations:    %lld\n", num(j, "registrations"));
 	printf("events delivered: %lld\n", num(j, "events_delivered"));
+	printf("upgrades:         %lld\n", num(j, "upgrades"));
 out:
 	json_decref(j);
 	return rc;

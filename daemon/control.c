@@ -85,12 +85,12 @@ static json_t *error_reply(const char *fmt, const char *arg)
 static json_t *status(struct rdd *d)
 {
 	uint64_t up = rdd_now_usec(CLOCK_MONOTONIC) - d->start_usec;
-	return json_pack("{s:b, s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:I}", "ok", 1, "version",
+	return json_pack("{s:b, s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "ok", 1, "version",
 			 RDD_VERSION, "protocol", (int)RDP_VERSION, "pid", (json_int_t)getpid(),
 			 "uptime_usec", (json_int_t)up, "clients", (json_int_t)d->nclients,
 			 "registrations", (json_int_t)d->slab.used, "events_delivered",
 			 (json_int_t)d->events_delivered, "connections_accepted",
-			 (json_int_t)d->accepted);
+			 (json_int_t)d->accepted, "upgrades", (json_int_t)d->upgrades);
 }
 
 static json_t *limits(struct rdd *d)

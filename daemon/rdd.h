@@ -139,6 +139,7 @@ struct rdd {
 	uint64_t start_usec;  /* CLOCK_MONOTONIC */
 	uint64_t events_delivered;
 	uint64_t accepted;
+	uint64_t upgrades;        /* live upgrades since the start */
 	uint64_t next_client_id;
 	struct rdd_group **groups;   /* group.c; indexed by group slot */
 	uint32_t *group_gen;

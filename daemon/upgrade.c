@@ -118,13 +118,13 @@ static json_t *daemon_state(struct rdd *d, struct rdd_client *requester, uint32_
 	json_t *reply_to = requester ? json_pack("{s:I, s:I}", "client", (json_int_t)requester->id,
 						 "request", (json_int_t)req_id)
 				     : json_null();
-	return json_pack("{s:i, s:o, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "format",
+	return json_pack("{s:i, s:o, s:s?, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "format",
 			 STATE_FORMAT, "listeners", listeners, "socket_path", d->socket_path,
 			 "bound_dev", (json_int_t)d->bound_dev, "bound_ino", (json_int_t)d->bound_ino,
 			 "start_usec", (json_int_t)d->start_usec, "events_delivered",
 			 (json_int_t)d->events_delivered, "accepted", (json_int_t)d->accepted,
-			 "next_client_id", (json_int_t)d->next_client_id, "reply_to", reply_to,
-			 "clients", clients);
+			 "upgrades", (json_int_t)d->upgrades, "next_client_id",
+			 (json_int_t)d->next_client_id, "reply_to", reply_to, "clients", clients);
 fail:
 	json_decref(listeners);
 	json_decref(clients);
@@ -413,6 +413,7 @@ int rdd_upgrade_restore(struct rdd *d, int fd)
 	d->start_usec = (uint64_t)get_int(st, "start_usec");
 	d->events_delivered = (uint64_t)get_int(st, "events_delivered");
 	d->accepted = (uint64_t)get_int(st, "accepted");
+	d->upgrades = (uint64_t)get_int(st, "upgrades") + 1; /* absent (older state): 0 */
 	d->next_client_id = (uint64_t)get_int(st, "next_client_id");
 	json_t *reply_to = json_object_get(st, "reply_to");
 	json_int_t rc = json_is_object(reply_to) ? get_int(reply_to, "client") : 0;

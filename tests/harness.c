@@ -112,12 +112,30 @@ int rdt_daemon_start(struct rdt_daemon *d, const char *config_json)
 	return -ETIMEDOUT;
 }
 
+pid_t rdt_waitpid(pid_t pid, int *st, int timeout_ms)
+{
+	int dummy;
+	if (!st)
+		st = &dummy;
+	for (int waited = 0;; waited += 10) {
+		pid_t r = waitpid(pid, st, WNOHANG);
+		if (r != 0)
+			return r;
+		if (waited >= timeout_ms)
+			break;
+		nap_ms(10);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, st, 0);
+	return -ETIMEDOUT;
+}
+
 int rdt_daemon_stop(struct rdt_daemon *d)
 {
 	int st = -1;
 	if (d->pid > 0) {
 		kill(d->pid, SIGTERM);
-		if (waitpid(d->pid, &st, 0) != d->pid)
+		if (rdt_waitpid(d->pid, &st, RDT_EXIT_MS) != d->pid)
 			st = -1;
 		d->pid = 0;
 	}

@@ -23,6 +23,12 @@ struct rdt_daemon {
 int rdt_daemon_start(struct rdt_daemon *d, const char *config_json);
 /* SIGTERM, wait, remove the directory. Returns the daemon's exit status (or -1). */
 int rdt_daemon_stop(struct rdt_daemon *d);
+/* waitpid(pid, st, 0) bounded by timeout_ms: past it, pid is killed with SIGKILL and
+ * reaped, and the call returns -ETIMEDOUT (so that an assertion on the pid fails rather
+ * than the suite hanging). */
+pid_t rdt_waitpid(pid_t pid, int *st, int timeout_ms);
+/* How long a test waits for a process it asked to exit. */
+#define RDT_EXIT_MS 30000
 
 #include "fdcheck.h"
 /* The fds an idle daemon holds: everything but sockets, plus its listener. */

@@ -629,7 +629,7 @@ static void test_control_status(void **state)
 
 	/* readyctl status --json goes through the same control plane. */
 	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "%s --socket %s status --json",
+	snprintf(cmd, sizeof(cmd), "timeout 30 %s --socket %s status --json",
 		 getenv("READYCTL_BIN") ? getenv("READYCTL_BIN") : "build/bin/readyctl", rdt_suite.sock);
 	FILE *f = popen(cmd, "r");
 	assert_non_null(f);
@@ -648,7 +648,8 @@ static void test_stale_and_live_socket(void **state)
 	char cmd[512];
 
 	/* Live: a second daemon on our daemon's socket exits 1, and ours keeps serving. */
-	snprintf(cmd, sizeof(cmd), "%s --socket %s --log-level err 2>/dev/null", bin, rdt_suite.sock);
+	snprintf(cmd, sizeof(cmd), "timeout 30 %s --socket %s --log-level err 2>/dev/null", bin,
+		 rdt_suite.sock);
 	int st = system(cmd);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 1);
@@ -685,7 +686,7 @@ static void test_stale_and_live_socket(void **state)
 	assert_int_equal(r, 0);
 	rd_close(c2);
 	kill(pid, SIGTERM);
-	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &st, RDT_EXIT_MS), pid);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 0);
 	/* A clean stop removes the socket it bound. */
@@ -698,7 +699,7 @@ static void test_stale_and_live_socket(void **state)
 	int ffd = mkstemp(file);
 	assert_true(ffd >= 0);
 	close(ffd);
-	snprintf(cmd, sizeof(cmd), "%s --socket %s --log-level err 2>/dev/null", bin, file);
+	snprintf(cmd, sizeof(cmd), "timeout 30 %s --socket %s --log-level err 2>/dev/null", bin, file);
 	st = system(cmd);
 	assert_int_equal(WEXITSTATUS(st), 1);
 	assert_int_equal(stat(file, &sb), 0);
@@ -718,7 +719,9 @@ static void test_echo_example(void **state)
 		dup2(out[1], STDOUT_FILENO);
 		for (int fd = 3; fd < 1024; fd++)
 			close(fd);
-		execl(bin, bin, "--socket", rdt_suite.sock, "--port", "0", (char *)NULL);
+		/* Bounded: a server that never says where it listens ends the test. */
+		execlp("timeout", "timeout", "60", bin, "--socket", rdt_suite.sock, "--port", "0",
+		       (char *)NULL);
 		_exit(127);
 	}
 	close(out[1]);
@@ -755,7 +758,7 @@ static void test_echo_example(void **state)
 	}
 	kill(pid, SIGTERM);
 	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &st, RDT_EXIT_MS), pid);
 	fclose(f);
 }
 
@@ -780,7 +783,7 @@ static int run_readyd(const char *args, bool journal, char *line, size_t cap)
 		} else
 			unsetenv("JOURNAL_STREAM");
 		char cmd[512];
-		snprintf(cmd, sizeof(cmd), "exec %s %s >/dev/null", bin, args);
+		snprintf(cmd, sizeof(cmd), "exec timeout 30 %s %s >/dev/null", bin, args);
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 		_exit(127);
 	}
@@ -794,7 +797,7 @@ static int run_readyd(const char *args, bool journal, char *line, size_t cap)
 		;
 	fclose(f);
 	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &st, RDT_EXIT_MS), pid);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -1090,7 +1093,7 @@ static void test_control_plane_permissions(void **state)
 		_exit(0);
 	}
 	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &st, RDT_EXIT_MS), pid);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 0);
 	/* Root is allowed, and still served on both daemons. */

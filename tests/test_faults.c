@@ -203,7 +203,7 @@ static int nobody_opens(const char *sock)
 		_exit(-r);
 	}
 	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &st, RDT_EXIT_MS), pid);
 	assert_true(WIFEXITED(st));
 	assert_int_not_equal(WEXITSTATUS(st), 100);
 	return -WEXITSTATUS(st);

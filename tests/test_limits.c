@@ -119,7 +119,7 @@ static void test_registrations_per_uid(void **state)
 	for (int i = 2; i <= 20; i++) /* well past the quota: root is an admin */
 		assert_int_equal(rd_add(root, other[0], (uint64_t)i, RD_READABLE, 0), 0);
 	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &st, RDT_EXIT_MS), pid);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 0);
 	bystander_served(root, p);
@@ -160,7 +160,7 @@ static void test_allow_gids_many_groups(void **state)
 			_exit(r == 0 ? 0 : r == -EACCES ? 1 : 2);
 		}
 		int st;
-		assert_int_equal(waitpid(pid, &st, 0), pid);
+		assert_int_equal(rdt_waitpid(pid, &st, RDT_EXIT_MS), pid);
 		assert_true(WIFEXITED(st));
 		/* groups 41000..41299 include the allowed one; 40999..41298 do not */
 		assert_int_equal(WEXITSTATUS(st), last == 41299 ? 0 : 1);

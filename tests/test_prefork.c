@@ -79,7 +79,7 @@ static int teardown(void **state)
 	(void)state;
 	if (server_pid > 0) {
 		kill(server_pid, SIGKILL);
-		waitpid(server_pid, NULL, 0);
+		(void)rdt_waitpid(server_pid, NULL, RDT_EXIT_MS);
 		server_pid = 0;
 	}
 	if (server_out >= 0) {

@@ -121,7 +121,7 @@ static void stop_busy_client(pid_t pid)
 {
 	int st;
 	kill(pid, SIGKILL);
-	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &st, RDT_EXIT_MS), pid);
 }
 
 static json_t *control(rd_client *c, const char *req)
@@ -446,7 +446,7 @@ static void test_control_characters_in_names(void **state)
 	bool top_ok = rc_top == 0 && !strchr(out + 8192, '\033') && strstr(out + 8192, " ev?[2Jl? ");
 	close(gate[1]);
 	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &st, RDT_EXIT_MS), pid);
 	rd_close(c);
 	assert_true(seen);
 	if (!clients_ok)
@@ -567,14 +567,15 @@ static void test_readyctl_exit_statuses(void **state)
 					   "registrations 9223372036854775808" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		assert_int_equal(run_readyctl(bad[i], out, sizeof(out)), 2);
-		snprintf(cmd, sizeof(cmd), "exec %s --socket /nonexistent/readyd.sock %s 2>/dev/null",
+		snprintf(cmd, sizeof(cmd),
+			 "exec timeout 30 %s --socket /nonexistent/readyd.sock %s 2>/dev/null",
 			 readyctl_, bad[i]);
 		int st = system(cmd);
 		assert_true(WIFEXITED(st));
 		assert_int_equal(WEXITSTATUS(st), 2);
 	}
-	snprintf(cmd, sizeof(cmd), "exec %s --socket %s status >/dev/full 2>/dev/null", readyctl_,
-		 daemon_.sock);
+	snprintf(cmd, sizeof(cmd), "exec timeout 30 %s --socket %s status >/dev/full 2>/dev/null",
+		 readyctl_, daemon_.sock);
 	int st = system(cmd);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 1);

@@ -111,7 +111,7 @@ static void test_socket_activation(void **state)
 
 	kill(pid, SIGTERM);
 	int ws;
-	assert_int_equal(waitpid(pid, &ws, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &ws, RDT_EXIT_MS), pid);
 	assert_true(WIFEXITED(ws));
 	assert_int_equal(WEXITSTATUS(ws), 0);
 	/* The socket belongs to whoever passed it: readyd does not unlink it. */
@@ -196,7 +196,7 @@ static void test_sd_notify(void **state)
 	kill(pid, SIGTERM);
 	assert_true(notify_expect(n, "STOPPING=1", buf, sizeof(buf)));
 	int ws;
-	assert_int_equal(waitpid(pid, &ws, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &ws, RDT_EXIT_MS), pid);
 	assert_true(WIFEXITED(ws));
 	assert_int_equal(WEXITSTATUS(ws), 0);
 	close(n);
@@ -263,7 +263,7 @@ static void test_reload(void **state)
 	close(p[1]);
 	kill(pid, SIGTERM);
 	int ws;
-	assert_int_equal(waitpid(pid, &ws, 0), pid);
+	assert_int_equal(rdt_waitpid(pid, &ws, RDT_EXIT_MS), pid);
 	assert_true(WIFEXITED(ws));
 	assert_int_equal(WEXITSTATUS(ws), 0);
 	close(n);

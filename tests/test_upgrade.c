@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "../client/readyd.h"
 #include "../proto/rdp.h"
 #include "harness.h"
@@ -80,7 +82,7 @@ static void test_upgrade_under_load(void **state)
 	snprintf(want, sizeof(want), "\"pid\":%d", (int)rdt_suite.pid);
 	assert_true(answer_has(ctl, "{\"command\":\"upgrade\"}", "\"upgraded\":true"));
 	int ws;
-	assert_int_equal(waitpid(writer, &ws, 0), writer);
+	assert_int_equal(rdt_waitpid(writer, &ws, RDT_EXIT_MS), writer);
 	assert_int_equal(WEXITSTATUS(ws), 0);
 	assert_true(answer_has(ctl, "{\"command\":\"status\"}", want));
 	assert_true(answer_has(ctl, "{\"command\":\"status\"}", "\"clients\":21,"));
@@ -116,6 +118,14 @@ static void test_upgrade_under_load(void **state)
 	}
 }
 
+/* The "upgrades" member of a status answer. */
+static json_int_t upgrades_in(const char *status)
+{
+	const char *p = strstr(status, "\"upgrades\":");
+	assert_non_null(p);
+	return (json_int_t)strtoll(p + 11, NULL, 10);
+}
+
 /* A oneshot registration delivered before the upgrade stays disarmed after it; one
  * still armed reports; queued readiness a client had not read yet arrives after. */
 static void test_upgrade_keeps_modes_and_queue(void **state)
@@ -136,9 +146,24 @@ static void test_upgrade_keeps_modes_and_queue(void **state)
 	/* Ready before the upgrade, not read by the client until after it. */
 	assert_int_equal(write(r2[1], "c", 1), 1);
 
+	char *text = NULL;
+	assert_int_equal(rd_control(c, "{\"command\":\"status\"}", &text), 0);
+	json_int_t before = upgrades_in(text);
+	free(text);
 	kill(rdt_suite.pid, SIGUSR2);
 	rd_client *ctl = open_client(); /* served by whichever process is up: no refusal */
-	assert_true(answer_has(ctl, "{\"command\":\"status\"}", "\"ok\":true"));
+	/* The upgrade happened: the new program counts it. */
+	json_int_t after = before;
+	for (int i = 0; i < PATIENCE_MS / 10 && after == before; i++) {
+		assert_int_equal(rd_control(ctl, "{\"command\":\"status\"}", &text), 0);
+		after = upgrades_in(text);
+		free(text);
+		if (after == before) {
+			struct timespec ts = { 0, 10 * 1000 * 1000 };
+			nanosleep(&ts, NULL);
+		}
+	}
+	assert_int_equal(after, before + 1);
 
 	assert_int_equal(write(p[1], "a", 1), 1); /* disarmed: nothing */
 	assert_int_equal(write(q[1], "b", 1), 1); /* armed: reported */
@@ -228,7 +253,7 @@ static void test_readyctl_upgrade_and_reload(void **state)
 	assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
 	assert_int_equal(rd_add(c, p[0], 4, RD_READABLE, 0), 0);
 
-	snprintf(cmd, sizeof(cmd), "%s --socket %s upgrade", ctl, rdt_suite.sock);
+	snprintf(cmd, sizeof(cmd), "timeout 30 %s --socket %s upgrade", ctl, rdt_suite.sock);
 	FILE *f = popen(cmd, "r");
 	assert_non_null(f);
 	assert_non_null(fgets(line, sizeof(line), f));
@@ -237,12 +262,12 @@ static void test_readyctl_upgrade_and_reload(void **state)
 	snprintf(want, sizeof(want), "pid %d", (int)rdt_suite.pid);
 	assert_non_null(strstr(line, want));
 
-	snprintf(cmd, sizeof(cmd), "%s --socket %s upgrade --binary /bin/true 2>/dev/null", ctl,
-		 rdt_suite.sock);
+	snprintf(cmd, sizeof(cmd), "timeout 30 %s --socket %s upgrade --binary /bin/true 2>/dev/null",
+		 ctl, rdt_suite.sock);
 	int st = system(cmd);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 1);
-	snprintf(cmd, sizeof(cmd), "%s --socket %s reload >/dev/null", ctl, rdt_suite.sock);
+	snprintf(cmd, sizeof(cmd), "timeout 30 %s --socket %s reload >/dev/null", ctl, rdt_suite.sock);
 	assert_int_equal(system(cmd), 0);
 
 	/* The client was there all along. */
@@ -286,7 +311,7 @@ static void test_stop_wins_over_upgrade(void **state)
 	}
 	if (w != d.pid) {
 		kill(d.pid, SIGKILL);
-		waitpid(d.pid, &st, 0);
+		(void)rdt_waitpid(d.pid, &st, RDT_EXIT_MS);
 		fail_msg("the daemon went on after SIGTERM (the upgrade ran)");
 	}
 	assert_true(WIFEXITED(st));
