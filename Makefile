@@ -13,7 +13,7 @@ TESTPKGS := cmocka
 BUILD_DEBS := build-essential pkg-config libsystemd-dev libjansson-dev libcmocka-dev
 # Only the examples of examples-extra, and their test, need these; never `make` or `make run`.
 EXAMPLE_DEBS := libseccomp-dev libuv1-dev libevent-dev
-TEST_DEBS  := $(BUILD_DEBS) clang man-db groff-base systemd $(EXAMPLE_DEBS)
+TEST_DEBS  := $(BUILD_DEBS) clang libclang-rt-dev man-db groff-base systemd $(EXAMPLE_DEBS)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers
 BASE     := -std=gnu11 -D_GNU_SOURCE -Iclient $(WARN)
@@ -100,8 +100,8 @@ tests: $(TEST_BINS) $(B)/tests/soak
 check-unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
-check-integration: $(INT_TESTS) $(BINS) $(B)/bin/prefork-server
-	@set -e; for t in $(INT_TESTS); do echo "== $$t"; READYD_BIN=$(B)/bin/readyd $$t; done
+check-integration: $(INT_TESTS) $(BINS) $(B)/bin/prefork-server $(B)/bin/echo-server
+	@set -e; for t in $(INT_TESTS); do echo "== $$t"; READYD_BIN=$(B)/bin/readyd $(call TEST_BIN_ENV,$(B)) $$t; done
 
 # libreadyd.so exports exactly the functions of readyd.h, and links as -lreadyd.
 check-lib: $(B)/lib/libreadyd.so

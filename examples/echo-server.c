@@ -11,6 +11,7 @@
 #endif
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <getopt.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -72,12 +73,17 @@ static int pump(rd_client *rd, uint64_t id, uint32_t ready)
 	}
 }
 
-static void accept_all(rd_client *rd, int lfd)
+/* Accept until the backlog is empty (EAGAIN): the listener is edge-triggered. Returns
+ * false when it stopped short (out of fds, say): connections still wait, and no new
+ * edge comes for them, so the caller tries again once one of ours goes. */
+static bool accept_all(rd_client *rd, int lfd)
 {
 	for (;;) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0 && (errno == EINTR || errno == ECONNABORTED))
+			continue;
 		if (fd < 0)
-			return;
+			return errno == EAGAIN;
 		uint64_t id = 0;
 		while (id < MAX_CONNS && conns[id])
 			id++;
@@ -144,6 +150,7 @@ int main(int argc, char **argv)
 	printf("echo-server: listening on 127.0.0.1:%d\n", ntohs(sa.sin_port));
 	fflush(stdout);
 
+	bool waiting = false; /* connections left in the backlog by accept_all */
 	for (;;) {
 		struct rd_event ev[64];
 		int n = rd_wait(rd, ev, 64, -1);
@@ -152,11 +159,14 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		for (int i = 0; i < n; i++) {
-			if (ev[i].token == LISTENER)
-				accept_all(rd, lfd);
-			else if (ev[i].token < MAX_CONNS && conns[ev[i].token] &&
-				 pump(rd, ev[i].token, ev[i].ready) < 0)
+			if (ev[i].token == LISTENER) {
+				waiting = !accept_all(rd, lfd);
+			} else if (ev[i].token < MAX_CONNS && conns[ev[i].token] &&
+				   pump(rd, ev[i].token, ev[i].ready) < 0) {
 				drop(rd, ev[i].token);
+				if (waiting) /* a connection went: room for those left waiting */
+					waiting = !accept_all(rd, lfd);
+			}
 		}
 	}
 }

@@ -85,7 +85,13 @@ static int run_loop(struct ctx *x)
 		goto out_loop;
 	uv_timer_init(&loop, &x->timer);
 	x->poll.data = x->timer.data = x;
-	uv_poll_start(&x->poll, UV_READABLE, on_readable);
+	r = uv_poll_start(&x->poll, UV_READABLE, on_readable);
+	if (r < 0) {
+		uv_close((uv_handle_t *)&x->poll, NULL);
+		uv_close((uv_handle_t *)&x->timer, NULL);
+		uv_run(&loop, UV_RUN_DEFAULT); /* the close callbacks */
+		goto out_loop;
+	}
 	uv_timer_start(&x->timer, on_timeout, TIMEOUT_MS, 0);
 	r = x->game.err ? x->game.err : game_start(&x->game);
 	if (r == 0)

@@ -136,10 +136,14 @@ int game_start(struct game *g)
 
 void game_end(struct game *g)
 {
+	/* After a failure the connection may be gone for good, and every call would try
+	 * to connect again first (seconds each): rd_close alone, after this, drops the
+	 * registrations anyway. */
 	for (int i = 0; i < NPAIRS; i++)
 		for (int side = 0; side < 2; side++)
 			if (g->p[i].fd[side] >= 0) {
-				rd_delete(g->rd, (uint64_t)(2 * i + side));
+				if (!g->err)
+					rd_delete(g->rd, (uint64_t)(2 * i + side));
 				close(g->p[i].fd[side]);
 			}
 }
