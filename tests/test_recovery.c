@@ -119,6 +119,19 @@ static bool store_pump(struct store *st, int wait_ms, const char *want)
 	return seen;
 }
 
+/* As a service manager would set up: our NOTIFY_SOCKET (st->notify, for the fd store)
+ * at nsock and a listening socket at sock, both in the test's directory; returns the
+ * listener. sock and nsock have room for 96 bytes. */
+static int managed_setup(struct store *st, char *sock, char *nsock)
+{
+	snprintf(sock, 96, "%s/readyd.sock", dir_);
+	snprintf(nsock, 96, "%s/notify", dir_);
+	*st = (struct store){ .notify = bind_unix(SOCK_DGRAM, nsock) };
+	int listener = bind_unix(SOCK_SEQPACKET, sock);
+	assert_int_equal(listen(listener, 128), 0);
+	return listener;
+}
+
 /* Start readyd as systemd would: the listener and the stored fds in LISTEN_FDS. */
 static pid_t start_managed(int listener, const struct store *st, const char *nsock)
 {
@@ -188,6 +201,25 @@ static void stop(pid_t pid)
 	assert_int_equal(rdt_waitpid(pid, &ws, RDT_EXIT_MS), pid);
 	assert_true(WIFEXITED(ws));
 	assert_int_equal(WEXITSTATUS(ws), 0);
+}
+
+/* start_managed, then wait for its READY=1. */
+static pid_t managed_start(int listener, struct store *st, const char *nsock)
+{
+	pid_t pid = start_managed(listener, st, nsock);
+	assert_true(store_pump(st, PATIENCE_MS, "READY=1"));
+	return pid;
+}
+
+/* Every client has gone: each was taken out of the store. Then stop the daemon. */
+static void managed_end(struct store *st, pid_t pid, int listener)
+{
+	for (int i = 0; i < 100 && st->n > 0; i++)
+		store_pump(st, 50, NULL);
+	assert_int_equal(st->n, 0);
+	stop(pid);
+	close(listener);
+	close(st->notify);
 }
 
 enum { CLIENTS = 5, REGS = 20 };
@@ -267,14 +299,9 @@ static void test_crash_with_fd_store(void **state)
 {
 	(void)state;
 	char sock[96], nsock[96];
-	snprintf(sock, sizeof(sock), "%s/readyd.sock", dir_);
-	snprintf(nsock, sizeof(nsock), "%s/notify", dir_);
-	struct store st = { .notify = bind_unix(SOCK_DGRAM, nsock) };
-	int listener = bind_unix(SOCK_SEQPACKET, sock);
-	assert_int_equal(listen(listener, 128), 0);
-
-	pid_t pid = start_managed(listener, &st, nsock);
-	assert_true(store_pump(&st, PATIENCE_MS, "READY=1"));
+	struct store st;
+	int listener = managed_setup(&st, sock, nsock);
+	pid_t pid = managed_start(listener, &st, nsock);
 	static struct load l;
 	load_start(&l, sock);
 	for (int i = 0; i < PATIENCE_MS / 50 && st.n < CLIENTS; i++)
@@ -288,21 +315,14 @@ static void test_crash_with_fd_store(void **state)
 	for (int c = 0; c < CLIENTS; c++)
 		for (int i = 0; i < REGS; i++)
 			assert_int_equal(write(l.p[c][i][1], "o", 1), 1);
-	pid = start_managed(listener, &st, nsock);
-	assert_true(store_pump(&st, PATIENCE_MS, "READY=1"));
+	pid = managed_start(listener, &st, nsock);
 
 	load_check(&l);
 	struct stat after;
 	assert_int_equal(fstat(rd_fd(l.c[0]), &after), 0);
 	assert_int_equal(before.st_ino, after.st_ino); /* the same connection: no reconnect */
 	load_stop(&l);
-	/* Each client that left was taken out of the store. */
-	for (int i = 0; i < 100 && st.n > 0; i++)
-		store_pump(&st, 50, NULL);
-	assert_int_equal(st.n, 0);
-	stop(pid);
-	close(listener);
-	close(st.notify);
+	managed_end(&st, pid, listener);
 }
 
 /* kill -9 of a daemon that bound its own socket, without a store: clients connected by
@@ -368,13 +388,9 @@ static void test_disconnect_leaves_store_at_once(void **state)
 {
 	(void)state;
 	char sock[96], nsock[96];
-	snprintf(sock, sizeof(sock), "%s/readyd.sock", dir_);
-	snprintf(nsock, sizeof(nsock), "%s/notify", dir_);
-	struct store st = { .notify = bind_unix(SOCK_DGRAM, nsock) };
-	int listener = bind_unix(SOCK_SEQPACKET, sock);
-	assert_int_equal(listen(listener, 128), 0);
-	pid_t pid = start_managed(listener, &st, nsock);
-	assert_true(store_pump(&st, PATIENCE_MS, "READY=1"));
+	struct store st;
+	int listener = managed_setup(&st, sock, nsock);
+	pid_t pid = managed_start(listener, &st, nsock);
 
 	rd_client *victim, *admin;
 	assert_int_equal(rd_open(&victim, sock), 0);
@@ -409,12 +425,7 @@ static void test_disconnect_leaves_store_at_once(void **state)
 
 	rd_close(victim);
 	rd_close(admin);
-	for (int i = 0; i < 100 && st.n > 0; i++)
-		store_pump(&st, 50, NULL);
-	assert_int_equal(st.n, 0);
-	stop(pid);
-	close(listener);
-	close(st.notify);
+	managed_end(&st, pid, listener);
 }
 
 int main(void)
