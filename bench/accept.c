@@ -205,7 +205,7 @@ static int client_run(void *arg)
 }
 
 struct acc_totals {
-	uint64_t conns, ns, returns, spurious, sleeps, rearm_sleeps, daemon_cpu_ns;
+	uint64_t conns, ns, returns, spurious, sleeps, rearm_sleeps, daemon_cpu_ns, daemon_sleeps;
 };
 
 static uint64_t worker_ctxt(const pid_t *pids)
@@ -259,6 +259,7 @@ static int acc_phase(struct acc *a, enum acc_mode mode, long conns, int inflight
 	bench_sleep_ms(ACC_ASLEEP_MS);
 	uint64_t x0 = worker_ctxt(pids);
 	int64_t c0 = mode == ACC_READYD ? bench_cpu_ns(d->pid) : 0;
+	long dz0 = mode == ACC_READYD ? bench_ctxt_switches(d->pid) : 0;
 	pids[npids++] = bench_fork(client_run, a);
 	int b = pids[npids - 1] < 0 ? pids[npids - 1] : bench_wait_byte(dp[0], ACC_TIMEOUT_MS + 5000);
 	if (b != 0) {
@@ -275,8 +276,11 @@ static int acc_phase(struct acc *a, enum acc_mode mode, long conns, int inflight
 		t->rearm_sleeps += atomic_load(&a->sh->w[i].rearm_sleeps);
 	}
 	t->sleeps += worker_ctxt(pids) - x0;
-	if (mode == ACC_READYD)
+	if (mode == ACC_READYD) {
 		t->daemon_cpu_ns += (uint64_t)(bench_cpu_ns(d->pid) - c0);
+		long dz = bench_ctxt_switches(d->pid);
+		t->daemon_sleeps += dz > dz0 ? (uint64_t)(dz - dz0) : 0;
+	}
 	t->conns += a->sh->done;
 	t->ns += a->sh->ns;
 	/* Every connection answered was accepted, once. */
@@ -313,7 +317,7 @@ int bench_accept(struct bench_run *run, struct bench_daemon *d)
 	int chunks = sc->chunks > 0 ? sc->chunks : 1, r = 0;
 	long seq = sc->accept_seq / chunks, burst = sc->accept_tput / chunks;
 	double wake[ACC_MODES][64], ret[ACC_MODES][64], spur[ACC_MODES][64], rearm[64];
-	double tput[2][64], tspur[2][64], dcpu[2][64];
+	double tput[2][64], tspur[2][64], dcpu[2][64], dwake[64];
 	struct acc a = { .sock = d->sock, .lfd = -1 };
 	socklen_t sl = sizeof(a.addr);
 
@@ -348,6 +352,7 @@ int bench_accept(struct bench_run *run, struct bench_daemon *d)
 			spur[m][rep] = per(w[m].spurious, w[m].conns);
 		}
 		rearm[rep] = per(w[ACC_READYD].rearm_sleeps, w[ACC_READYD].conns);
+		dwake[rep] = per(w[ACC_READYD].daemon_sleeps, w[ACC_READYD].conns);
 		/* Throughput: ACC_INFLIGHT at once, readyd against EPOLLEXCLUSIVE. */
 		struct acc_totals t[2] = { 0 };
 		for (int c = 0; c < 2 * chunks; c++) {
@@ -377,11 +382,12 @@ int bench_accept(struct bench_run *run, struct bench_daemon *d)
 	x->baseline = bench_median(wake[ACC_HERD], nr);
 	x->reps = nr;
 	snprintf(x->note, sizeof(x->note),
-		 "%d workers, %ld connections one at a time per repetition; a wakeup is a sleep in the "
-		 "wait that ended; the wait returned: readyd %.2f, herd %.2f /conn; readyd also sleeps "
-		 "%.2f in rd_rearm, daemon CPU %.0f us", ACC_WORKERS, seq * chunks,
+		 "%d workers, %ld connections one at a time per repetition; a wakeup is a worker's sleep "
+		 "in the wait that ended; the wait returned: readyd %.2f, herd %.2f /conn; not in the "
+		 "row, per conn: readyd's workers also sleep %.2f in rd_rearm, and the daemon itself "
+		 "wakes %.2f times (CPU %.0f us)", ACC_WORKERS, seq * chunks,
 		 bench_median(ret[ACC_READYD], nr), bench_median(ret[ACC_HERD], nr),
-		 bench_median(rearm, nr), bench_median(dcpu[0], nr) / 1000);
+		 bench_median(rearm, nr), bench_median(dwake, nr), bench_median(dcpu[0], nr) / 1000);
 	x = bench_add(run, "accept_wakeups_per_connection_exclusive", "wakeups/conn", false,
 		      "EPOLLEXCLUSIVE");
 	x->readyd = bench_median(wake[ACC_READYD], nr);

@@ -55,7 +55,7 @@ struct bench_result {
 	const char *baseline_name;
 	bool higher_better;
 	int reps;
-	char note[240];
+	char note[320];
 };
 
 #define BENCH_RESULTS_MAX 16

@@ -4,13 +4,16 @@
  * epoll_ctl ADDs them, replies, then on DEL epoll_ctl DELs and closes them and replies.
  * handoff_rate_single does the same one fd at a time. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "../proto/rdp.h"
@@ -167,14 +170,67 @@ static double readyd_rate(rd_client *c, const int *fds, int batch, int iters)
 	return (double)batch * iters * 1e9 / (double)(t1 - t0);
 }
 
+/* One side of the handoff scenario, set up fresh for one phase: a floor server of its
+ * own (forked, over a new socketpair), or a new connection to readyd. */
+struct handoff_side {
+	bool floor;
+	pid_t pid;   /* the floor server */
+	int sock;    /* our end of its socketpair */
+	rd_client *c;
+};
+
+static int side_open(struct handoff_side *h, bool floor, struct bench_daemon *d)
+{
+	*h = (struct handoff_side){ .floor = floor, .sock = -1 };
+	if (!floor)
+		return rd_open(&h->c, d->sock);
+	int sv[2], rp[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	if (pipe2(rp, O_CLOEXEC) < 0) {
+		int r = -errno;
+		close(sv[0]);
+		close(sv[1]);
+		return r;
+	}
+	struct floor_arg fa = { .sock = sv[1], .ready_fd = rp[1] };
+	h->pid = bench_fork(floor_server, &fa);
+	/* Only the server holds its end: if it dies, our receive sees end of stream. */
+	close(sv[1]);
+	close(rp[1]);
+	h->sock = sv[0];
+	/* And a receive never waits more than 10 s in any case. */
+	struct timeval tv = { .tv_sec = 10 };
+	setsockopt(h->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	int ok = h->pid > 0 ? bench_wait_byte(rp[0], 10000) : -ECHILD;
+	close(rp[0]);
+	return ok == 0 ? 0 : -ECHILD;
+}
+
+static void side_close(struct handoff_side *h)
+{
+	rd_close(h->c);
+	if (h->sock >= 0)
+		close(h->sock);
+	if (h->pid > 0)
+		bench_stop_pid(h->pid, SIGKILL);
+	*h = (struct handoff_side){ .sock = -1 };
+}
+
+static double side_rate(struct handoff_side *h, const int *fds, int batch, int iters)
+{
+	return h->floor ? floor_rate(h->sock, fds, batch, iters) : readyd_rate(h->c, fds, batch, iters);
+}
+
 int bench_handoff(struct bench_run *run, struct bench_daemon *d)
 {
 	const struct bench_scale *sc = &run->o->sc;
 	int nr = sc->reps < 64 ? sc->reps : 64;
-	int fds[BATCH], sv[2] = { -1, -1 }, rp[2] = { -1, -1 }, r = 0;
+	int chunks = sc->chunks > 0 ? sc->chunks : 1;
+	int iters = sc->handoff_iters / chunks > 0 ? sc->handoff_iters / chunks : 1;
+	int singles = sc->handoff_single / chunks > 0 ? sc->handoff_single / chunks : 1;
+	int fds[BATCH], r = 0;
 	double rd[2][64], fl[2][64], cpu[2] = { 0, 0 };
-	rd_client *c = NULL;
-	pid_t pid = 0;
 
 	for (int i = 0; i < BATCH; i++)
 		fds[i] = -1;
@@ -183,71 +239,61 @@ int bench_handoff(struct bench_run *run, struct bench_daemon *d)
 			r = -errno;
 			goto out;
 		}
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) < 0 || pipe(rp) < 0) {
-		r = -errno;
-		goto out;
-	}
-	struct floor_arg fa = { .sock = sv[1], .ready_fd = rp[1] };
-	pid = bench_fork(floor_server, &fa);
-	if (pid < 0 || bench_wait_byte(rp[0], 10000) != 0) {
-		r = -ECHILD;
-		goto out;
-	}
-	r = rd_open(&c, d->sock);
-	if (r < 0)
-		goto out;
-	/* Warm both paths up. */
-	if (readyd_rate(c, fds, BATCH, 2) < 0 || floor_rate(sv[0], fds, BATCH, 2) < 0) {
-		r = -EIO;
-		goto out;
-	}
+	/* Each repetition: 'chunks' phases of each side, alternating, the order rotated,
+	 * each with a fresh floor server or a fresh connection (as the other scenarios do,
+	 * so that no single placement of the processes decides the run). A repetition's
+	 * rate is its fds over its time. */
 	for (int rep = 0; rep < nr; rep++) {
-		for (int k = 0; k < 2; k++) {
-			bool fl_first = rep % 2;
-			bool do_floor = fl_first ? k == 0 : k == 1;
-			pid_t srv = do_floor ? pid : d->pid;
-			int64_t c0 = bench_cpu_ns(srv);
-			double v1 = do_floor ? floor_rate(sv[0], fds, BATCH, sc->handoff_iters)
-					     : readyd_rate(c, fds, BATCH, sc->handoff_iters);
-			cpu[do_floor] += (double)(bench_cpu_ns(srv) - c0);
-			double v2 = do_floor ? floor_rate(sv[0], fds, 1, sc->handoff_single)
-					     : readyd_rate(c, fds, 1, sc->handoff_single);
-			if (v1 < 0 || v2 < 0) {
-				r = (int)(v1 < 0 ? v1 : v2);
-				fprintf(stderr, "readyd-bench: handoff %s: %s\n", do_floor ? "floor" : "readyd",
-					strerror(-r));
-				goto out;
+		double secs[2][2] = { { 0 } }; /* [floor][batched or single] */
+		for (int ch = 0; ch < chunks; ch++)
+			for (int k = 0; k < 2; k++) {
+				bool do_floor = (rep + ch + k) % 2 == 1;
+				struct handoff_side h;
+				r = side_open(&h, do_floor, d);
+				if (r < 0 || side_rate(&h, fds, BATCH, 2) < 0) { /* warm up */
+					side_close(&h);
+					r = r < 0 ? r : -EIO;
+					goto fail;
+				}
+				pid_t srv = do_floor ? h.pid : d->pid;
+				int64_t c0 = bench_cpu_ns(srv);
+				double v1 = side_rate(&h, fds, BATCH, iters);
+				cpu[do_floor] += (double)(bench_cpu_ns(srv) - c0);
+				double v2 = v1 < 0 ? v1 : side_rate(&h, fds, 1, singles);
+				side_close(&h);
+				if (v1 < 0 || v2 < 0) {
+					r = (int)(v1 < 0 ? v1 : v2);
+					goto fail;
+				}
+				secs[do_floor][0] += (double)BATCH * iters / v1;
+				secs[do_floor][1] += (double)singles / v2;
 			}
-			(do_floor ? fl : rd)[0][rep] = v1;
-			(do_floor ? fl : rd)[1][rep] = v2;
+		for (int m = 0; m < 2; m++) {
+			double (*dst)[64] = m ? fl : rd;
+			dst[0][rep] = (double)BATCH * iters * chunks / secs[m][0];
+			dst[1][rep] = (double)singles * chunks / secs[m][1];
 		}
 	}
 	struct bench_result *x = bench_add(run, "handoff_rate", "fds/s", true, "scm_rights+epoll_ctl");
 	x->readyd = bench_median(rd[0], nr);
 	x->baseline = bench_median(fl[0], nr);
 	x->reps = nr;
-	double nfd = (double)nr * sc->handoff_iters * BATCH;
+	double nfd = (double)nr * chunks * iters * BATCH;
 	snprintf(x->note, sizeof(x->note),
-		 "ADD of %d fds, reply awaited, then DEL of %d; %d times per repetition; server CPU "
-		 "ns per fd: readyd %.0f, floor %.0f", BATCH, BATCH, sc->handoff_iters, cpu[0] / nfd,
-		 cpu[1] / nfd);
+		 "ADD of %d fds, reply awaited, then DEL of %d; %d times per repetition in %d phases "
+		 "of each, each with a fresh server or connection; server CPU ns per fd: readyd %.0f, "
+		 "floor %.0f", BATCH, BATCH, iters * chunks, chunks, cpu[0] / nfd, cpu[1] / nfd);
 	x = bench_add(run, "handoff_rate_single", "fds/s", true, "scm_rights+epoll_ctl");
 	x->readyd = bench_median(rd[1], nr);
 	x->baseline = bench_median(fl[1], nr);
 	x->reps = nr;
 	snprintf(x->note, sizeof(x->note), "extra row: rd_add then rd_delete of one fd; %d times per repetition",
-		 sc->handoff_single);
+		 singles * chunks);
 	r = 0;
+	goto out;
+fail:
+	fprintf(stderr, "readyd-bench: handoff: %s\n", strerror(-r));
 out:
-	rd_close(c);
-	if (pid > 0)
-		bench_stop_pid(pid, SIGKILL);
-	for (int i = 0; i < 2; i++) {
-		if (sv[i] >= 0)
-			close(sv[i]);
-		if (rp[i] >= 0)
-			close(rp[i]);
-	}
 	for (int i = 0; i < BATCH; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);

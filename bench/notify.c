@@ -226,7 +226,7 @@ static int notify_phase(int mode, struct bench_daemon *d, const struct notify_fd
 out:
 	for (int i = 0; i < npids; i++)
 		if (pids[i] > 0)
-			bench_stop_pid(pids[i], SIGKILL);
+			bench_stop_pid(pids[i], SIGTERM); /* exits normally: see bench_fork */
 	close(rp[0]);
 	close(rp[1]);
 	for (int t = 0; t < 2; t++)
