@@ -180,7 +180,6 @@ json_t *readyctl_clients(rd_client *c, bool print, int *rc)
 	return all;
 }
 
-
 static int cmd_clients(void)
 {
 	int rc = EXIT_OK;

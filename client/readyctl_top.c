@@ -126,7 +126,6 @@ static long long num(json_t *o, const char *key)
 	return (long long)json_integer_value(json_object_get(o, key));
 }
 
-
 static int by_id(const void *a, const void *b)
 {
 	const struct top_prev *x = a, *y = b;

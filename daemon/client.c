@@ -81,17 +81,24 @@ static struct rdd_uid_count *uid_slot(struct rdd *d, uid_t uid, bool create)
 	return &n[d->nuids++];
 }
 
-uint32_t rdd_uid_take(struct rdd *d, uid_t uid, bool enforce, bool *charged)
+/* Per uid too, so one user at its cap leaves room for the others; the policy's admins
+ * (root and the daemon's own uid by default) are trusted with all of it. */
+static bool at_quota(struct rdd *d, const struct rdd_uid_count *u, uid_t uid)
+{
+	return u && u->regs >= d->lim.regs_per_uid && !rdd_is_admin(d, uid);
+}
+
+bool rdd_uid_at_quota(struct rdd *d, uid_t uid)
+{
+	return at_quota(d, uid_slot(d, uid, false), uid);
+}
+
+bool rdd_uid_charge(struct rdd *d, uid_t uid)
 {
 	struct rdd_uid_count *u = uid_slot(d, uid, false);
-	*charged = false;
-	if (!u)
-		return 0;
-	if (enforce && u->regs >= d->lim.regs_per_uid && !rdd_is_admin(d, uid))
-		return EDQUOT;
-	u->regs++;
-	*charged = true;
-	return 0;
+	if (u)
+		u->regs++;
+	return u != NULL;
 }
 
 void rdd_uid_give_back(struct rdd *d, uid_t uid)
@@ -549,9 +556,7 @@ static uint32_t add_one(struct rdd *d, struct rdd_client *c, struct rdd_uid_coun
 		err = ENOSPC;
 		goto out_close_fd;
 	}
-	/* Per uid too, so one user at its cap leaves room for the others; the policy's
-	 * admins (root and the daemon's own uid by default) are trusted with all of it. */
-	if (u && u->regs >= d->lim.regs_per_uid && !rdd_is_admin(d, c->uid)) {
+	if (at_quota(d, u, c->uid)) {
 		err = EDQUOT;
 		goto out_close_fd;
 	}

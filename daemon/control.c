@@ -29,20 +29,12 @@ static bool page_offset(json_t *req, json_int_t *offset)
 	return !o || (json_is_integer(o) && *offset >= 0);
 }
 
-/* The answer of a paged command: entries [offset, offset + n) of total. */
-static json_t *page_reply(const char *what, json_t *arr, json_int_t offset, json_int_t total,
-			  json_t *extra_key, json_int_t extra)
+/* The answer of a paged command: entries [offset, offset + n) of total, under 'what'. */
+static json_t *page_reply(const char *what, json_t *arr, json_int_t offset, json_int_t total)
 {
 	json_int_t next = offset + (json_int_t)json_array_size(arr);
-	json_t *r = json_pack("{s:b, s:I, s:I, s:o, s:o}", "ok", 1, "total", total, "offset", offset,
-			      what, arr, "next_offset", next < total ? json_integer(next) : json_null());
-	if (r && extra_key && json_object_set_new(r, json_string_value(extra_key),
-						  json_integer(extra)) < 0) {
-		json_decref(r);
-		r = NULL;
-	}
-	json_decref(extra_key);
-	return r;
+	return json_pack("{s:b, s:I, s:I, s:o, s:o}", "ok", 1, "total", total, "offset", offset,
+			 what, arr, "next_offset", next < total ? json_integer(next) : json_null());
 }
 
 /* Make s valid UTF-8 in place: every byte that does not start or continue a whole,
@@ -135,7 +127,7 @@ static json_t *clients(struct rdd *d, struct rdd_client *self, json_t *req, json
 			return NULL;
 		}
 	}
-	return page_reply("clients", arr, offset, seen, NULL, 0);
+	return page_reply("clients", arr, offset, seen);
 }
 
 static struct rdd_client *find_client(struct rdd *d, json_int_t id)
@@ -241,8 +233,12 @@ static json_t *registrations(struct rdd *d, struct rdd_client *self, json_t *req
 	}
 	if (!arr)
 		return NULL;
-	return page_reply("registrations", arr, offset, (json_int_t)c->nregs, json_string("client"),
-			  (json_int_t)c->id);
+	json_t *r = page_reply("registrations", arr, offset, (json_int_t)c->nregs);
+	if (r && json_object_set_new(r, "client", json_integer((json_int_t)c->id)) < 0) {
+		json_decref(r);
+		r = NULL;
+	}
+	return r;
 }
 
 static json_t *disconnect(struct rdd *d, struct rdd_client *self, json_t *req)

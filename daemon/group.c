@@ -32,7 +32,7 @@ struct rdd_group {
 	uint32_t n, cap;
 	uint32_t cursor;   /* round-robin: where the next search starts */
 	uint32_t holder;   /* the member woken last, until it re-arms; RDD_NIL when none */
-	bool charged;      /* its fd counts in its uid's registrations (rdd_uid_take) */
+	bool charged;      /* its fd counts in its uid's registrations (rdd_uid_charge) */
 };
 
 /* member slot -> group slot, for the few registrations that are members */
@@ -161,25 +161,17 @@ static struct rdd_group *group_new(struct rdd *d, uid_t uid, const char *name,
 	}
 	/* The group's copy of the fd is one more descriptor held for this uid: without
 	 * counting it, a uid at its registration limit could double what it holds by
-	 * joining each registration to a group of its own. */
-	bool charged;
-	uint32_t q = rdd_uid_take(d, uid, !restoring, &charged);
-	if (q) {
-		*err = (int)q;
+	 * joining each registration to a group of its own. Counted once the group is made. */
+	if (!restoring && rdd_uid_at_quota(d, uid)) {
+		*err = EDQUOT;
 		return NULL;
 	}
 	struct rdd_group *g = calloc(1, sizeof(*g));
-	if (!g) {
-		if (charged)
-			rdd_uid_give_back(d, uid);
+	if (!g)
 		goto nomem;
-	}
-	g->charged = charged;
 	g->fd = fcntl(first->fd, F_DUPFD_CLOEXEC, 3);
 	if (g->fd < 0) {
 		*err = errno;
-		if (charged)
-			rdd_uid_give_back(d, uid);
 		free(g);
 		return NULL;
 	}
@@ -196,13 +188,12 @@ static struct rdd_group *group_new(struct rdd *d, uid_t uid, const char *name,
 	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, g->fd, &ev) < 0) {
 		*err = errno;
 		close(g->fd);
-		if (charged)
-			rdd_uid_give_back(d, uid);
 		free(g);
 		return NULL;
 	}
 	d->groups[slot] = g;
 	d->nfds++;
+	g->charged = rdd_uid_charge(d, uid);
 	return g;
 nomem:
 	*err = ENOMEM;

@@ -176,10 +176,11 @@ void rdd_handshake_expire(struct rdd *d);
 /* Queue a framed message for c, sending it at once when nothing is queued before it. */
 int rdd_client_send(struct rdd *d, struct rdd_client *c, const void *msg, size_t len);
 /* A descriptor held for a uid beyond its registrations (a group's own copy) counts
- * against limits.registrations_per_uid like one. take: 0, or EDQUOT when the uid is at
- * its limit and 'enforce' (the policy's admins are exempt); sets *charged when it
- * counted. give_back undoes a take that counted. */
-uint32_t rdd_uid_take(struct rdd *d, uid_t uid, bool enforce, bool *charged);
+ * against limits.registrations_per_uid like one. at_quota: whether the uid may hold no
+ * more (never for the policy's admins). charge counts one more, and says whether it
+ * did (a uid with no connection has no count); give_back undoes a charge. */
+bool rdd_uid_at_quota(struct rdd *d, uid_t uid);
+bool rdd_uid_charge(struct rdd *d, uid_t uid);
 void rdd_uid_give_back(struct rdd *d, uid_t uid);
 
 /* group.c: dispatch groups (see there). join returns 0 or a positive errno; 'restoring'
