@@ -1329,17 +1329,8 @@ static int run_with_config(const char *cfg, const char *sock, char *err, size_t 
 	err[len] = '\0';
 	close(pe[0]);
 	int st = 0;
-	pid_t w = 0;
-	for (int i = 0; i < WAIT_MS / 10 && w == 0; i++) {
-		w = waitpid(pid, &st, WNOHANG);
-		if (w == 0)
-			nap_ms(10);
-	}
-	if (w != pid) {
-		kill(pid, SIGKILL);
-		(void)rdt_waitpid(pid, &st, RDT_EXIT_MS);
+	if (rdt_waitpid(pid, &st, WAIT_MS) != pid) /* killed meanwhile */
 		fail_msg("readyd did not exit within %d ms with config %s", WAIT_MS, cfg);
-	}
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 

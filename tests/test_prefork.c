@@ -32,12 +32,6 @@ static pid_t server_pid; /* the prefork-server this test started, until reaped *
 static int server_out = -1; /* the read end of its stdout, until closed */
 static char server_bin[512];
 
-static void nap_ms(int ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
-	nanosleep(&ts, NULL);
-}
-
 /* prefork-server sits next to the readyd under test: $PREFORK_BIN, else the directory of
  * $READYD_BIN, else build/bin. */
 static int prefork_setup(void **state)
@@ -148,15 +142,11 @@ static int read_line(int fd, char *buf, size_t cap)
 static int server_wait(pid_t pid)
 {
 	int st = -1;
-	for (int i = 0; i < PATIENCE_MS / 10; i++) {
-		if (waitpid(pid, &st, WNOHANG) == pid) {
-			server_pid = 0;
-			return st;
-		}
-		nap_ms(10);
-	}
-	fail_msg("prefork-server (pid %d) did not exit within %d ms", (int)pid, PATIENCE_MS);
-	return -1;
+	pid_t w = rdt_waitpid(pid, &st, PATIENCE_MS); /* killed when it does not exit */
+	server_pid = 0;
+	if (w != pid)
+		fail_msg("prefork-server (pid %d) did not exit within %d ms", (int)pid, PATIENCE_MS);
+	return st;
 }
 
 /* Connect to 127.0.0.1:port, read the whole answer (bounded) and return the worker that
